@@ -1,0 +1,73 @@
+"""The `cxr` command: a thin Typer shell over the library API.
+
+Each pipeline stage owns a ``cli`` module with ``register(app, groups)`` that adds its commands; heavy imports
+(torch, ...) happen inside the command functions so `cxr --help` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from cxrkit import RESEARCH_NOTICE, __version__
+
+STAGE_CLIS = (
+    "cxrkit.data.cli",
+    "cxrkit.training.cli",
+    "cxrkit.evaluation.cli",
+    "cxrkit.explain.cli",
+    "cxrkit.deploy.cli",
+    "cxrkit.demo",
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="cxr",
+        help=f"cxrkit {__version__}: chest X-ray classifiers, trained, evaluated, explained and served.\n\n{RESEARCH_NOTICE}",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+    )
+    groups = {
+        "data": typer.Typer(help="Inspect datasets and prepared caches.", no_args_is_help=True),
+        "bench": typer.Typer(help="Benchmarks (results go in docs/benchmarks.md).", no_args_is_help=True),
+    }
+    for name in STAGE_CLIS:
+        importlib.import_module(name).register(app, groups)
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
+
+    @app.command("version")
+    def version() -> None:
+        """Print the cxrkit version."""
+        typer.echo(__version__)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cxrkit.data.errors import CxrError
+
+    app = build_app()
+    try:
+        app(args=argv, standalone_mode=False)
+    except CxrError as exc:  # expected, user-facing failures: one clear line, no traceback
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

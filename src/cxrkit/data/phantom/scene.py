@@ -1,0 +1,151 @@
+"""Drawing a phantom film: anatomy -> density layers -> pose, exposure and noise -> uint8 pixels.
+
+Density ("how much the body attenuates", ~0 air .. ~0.8 bone over mediastinum) lives in three float32
+layers: ``soft`` (body, lungs, heart, abdomen; blurred a little), ``fine`` (bones and vessels; blurred less)
+and ``lesion`` (finding overlays, already blurred by each finding). Findings may change the anatomy before the
+layers are built, edit the masks/keep-maps in between, and add overlays afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from cxrkit.data.phantom.anatomy import Anatomy
+from cxrkit.data.phantom.draw import blur, fill_poly
+
+DENSITY_RANGE = 0.78  # density mapped to full white before exposure variation
+
+
+@dataclass
+class Scene:
+    """One film being drawn at ``size`` x ``size`` in the canonical (unrotated) frame."""
+
+    size: int
+    anat: Anatomy
+    outlines: list[dict]
+    lung_side: list[np.ndarray]      # uint8 0/1 per side, heart and knob removed
+    heart: np.ndarray                # uint8 0/1
+    soft: np.ndarray
+    fine: np.ndarray
+    lesion: np.ndarray
+    vessel_keep: np.ndarray          # float32 multiplier on lung markings (pneumothorax removes them)
+    air_extra: np.ndarray            # float32 extra lucency inside lungs (pneumothorax, emphysema)
+    xs: np.ndarray = field(repr=False, default=None)  # (1, S) normalised pixel-centre x
+    ys: np.ndarray = field(repr=False, default=None)  # (S, 1)
+
+    @property
+    def lung(self) -> np.ndarray:
+        return self.lung_side[0] | self.lung_side[1]
+
+    def px(self, v: float) -> float:
+        """A normalised length in pixels."""
+        return v * self.size
+
+    def heart_span(self, y: float) -> tuple[float, float] | None:
+        """Film-x extent of the heart on row ``y`` (normalised), or None when the row misses it."""
+        row = int(np.clip(y * self.size, 0, self.size - 1))
+        idx = np.flatnonzero(self.heart[row])
+        if idx.size == 0:
+            return None
+        return (idx[0] + 0.5) / self.size, (idx[-1] + 0.5) / self.size
+
+    def lung_point(self, side: int, s: float, q: float) -> tuple[float, float]:
+        """A point inside lung ``side``: ``s`` 0 apex .. 1 base (vertical), ``q`` 0 medial .. 1 chest wall."""
+        a = self.anat
+        lateral = self.outlines[side]["lateral"]
+        y = a.top[side] + (0.12 + 0.76 * s) * a.height(side)
+        y = min(y, float(a.diaphragm_y(side, a.x(side, 0.5 * a.lat[side]))) - 0.02)
+        half = lateral[:, 1] <= y
+        wall = float(np.abs(lateral[half, 0] - 0.5).max()) if half.any() else a.lat[side]
+        inner = a.med[side] + 0.02
+        span = self.heart_span(y)
+        if span is not None:
+            inner = max(inner, abs((span[0] if side == 0 else span[1]) - 0.5) + 0.02)
+        r = inner + (0.08 + 0.84 * q) * max(wall - 0.02 - inner, 0.01)
+        return float(a.x(side, r)), float(y)
+
+
+def build_scene(anat: Anatomy, size: int) -> Scene:
+    """Rasterise masks and the base density layers (before the film is composed)."""
+    s = size
+    xs = ((np.arange(s, dtype=np.float32) + 0.5) / s)[None, :]
+    ys = ((np.arange(s, dtype=np.float32) + 0.5) / s)[:, None]
+    anat.freeze()
+    outlines = [anat.lung_outline(0), anat.lung_outline(1)]
+    heart = np.zeros((s, s), np.uint8)
+    fill_poly(heart, anat.heart_polygon(), 1, s)
+    heart[int(np.ceil(anat.medial_diaphragm_y() * s)) + 1:] = 0  # below the diaphragm it merges with the liver
+    knob = np.zeros((s, s), np.uint8)
+    fill_poly(knob, anat.aortic_knob(), 1, s)
+    sides = []
+    for k in (0, 1):
+        m = np.zeros((s, s), np.uint8)
+        fill_poly(m, outlines[k]["polygon"], 1, s)
+        sides.append(m & ~(heart | knob) & 1)
+    zeros = lambda: np.zeros((s, s), np.float32)
+    return Scene(size=s, anat=anat, outlines=outlines, lung_side=sides, heart=heart, soft=zeros(), fine=zeros(),
+                 lesion=zeros(), vessel_keep=np.ones((s, s), np.float32), air_extra=zeros(), xs=xs, ys=ys)
+
+
+@dataclass
+class Film:
+    """A finished film: pixels, lung mask and boxes, all in the output frame."""
+
+    image: np.ndarray                                  # uint8 H x W
+    lung_mask: np.ndarray                              # uint8 0/255
+    boxes: dict[str, tuple[float, float, float, float]]  # finding -> (x, y, w, h) in pixels
+    ctr: float                                         # measured cardiothoracic ratio on the film
+
+
+def pose_matrix(anat: Anatomy, size: int) -> np.ndarray:
+    """The 2x3 affine that places the canonical drawing: rotation about the centre, zoom, shift."""
+    c = size / 2.0
+    m = cv2.getRotationMatrix2D((c - 0.5, c - 0.5), anat.rotation, anat.zoom)
+    m[:, 2] += np.array(anat.shift) * size
+    return m
+
+
+def finish(sc: Scene, boxes_px: dict, noise_rng: np.random.Generator, noise: float) -> Film:
+    """Blur, pose, expose and add noise; transform masks and boxes into the output frame."""
+    a, s = sc.anat, sc.size
+    k = s / 256.0
+    dens = blur(sc.soft, 1.1 * k)
+    dens += blur(sc.fine, 0.6 * k)
+    dens += sc.lesion
+    m = pose_matrix(a, s)
+    dens = cv2.warpAffine(dens, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    lung = cv2.warpAffine(sc.lung * np.uint8(255), m, (s, s), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    lung = np.where(lung >= 128, np.uint8(255), np.uint8(0))
+
+    lin = dens * (a.gain / DENSITY_RANGE) + a.offset
+    if noise > 0:
+        n = noise_rng.standard_normal((s, s), dtype=np.float32)
+        lin += n * (noise * (0.5 + np.clip(lin, 0, 1)))
+    q = np.clip(lin * 4095.0 + 0.5, 0, 4095).astype(np.uint16)
+    lut = np.round(255.0 * (np.arange(4096) / 4095.0) ** a.gamma).astype(np.uint8)
+    image = lut[q]
+
+    out_boxes = {}
+    for name, (x0, y0, x1, y1) in boxes_px.items():
+        corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], dtype=np.float64)
+        # corners are pixel edges; the affine maps pixel centres, hence the half-pixel shifts
+        t = (corners - [0.5, 0.5, 0]) @ m.T + 0.5
+        bx0, by0 = np.clip(t.min(axis=0), 0, s)
+        bx1, by1 = np.clip(t.max(axis=0), 0, s)
+        if bx1 - bx0 >= 1 and by1 - by0 >= 1:
+            out_boxes[name] = (round(float(bx0), 2), round(float(by0), 2), round(float(bx1 - bx0), 2),
+                               round(float(by1 - by0), 2))
+    return Film(image=image, lung_mask=lung, boxes=out_boxes, ctr=measure_ctr(sc))
+
+
+def measure_ctr(sc: Scene) -> float:
+    """Cardiothoracic ratio as a reader measures it: widest heart span above the diaphragm over the widest
+    inner thoracic (lung-to-lung) span."""
+    heart_cols = np.flatnonzero(sc.heart.any(axis=0))
+    lung_cols = np.flatnonzero(sc.lung.any(axis=0))
+    if heart_cols.size == 0 or lung_cols.size == 0:
+        return float("nan")
+    return float((heart_cols[-1] - heart_cols[0] + 1) / (lung_cols[-1] - lung_cols[0] + 1))

@@ -1,0 +1,183 @@
+"""`cxr predict`, `cxr export`, `cxr gate fit|eval`, `cxr bench infer` (and `cxr serve`, registered separately)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cxrkit.data.errors import CxrError
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    gate_app = typer.Typer(help="Fit and measure the input quality / out-of-distribution gate.",
+                           no_args_is_help=True)
+
+    @app.command("predict")
+    def predict_cmd(
+        bundle: Path = typer.Argument(..., help="bundle directory (or an exported .onnx with --backend onnx)"),
+        inputs: List[str] = typer.Argument(..., help="image files, folders (recursive) or glob patterns"),
+        out: Path = typer.Option(..., "--out", "-o", help="results.csv or results.jsonl"),
+        heatmaps: Optional[Path] = typer.Option(None, help="write a heatmap figure per positive finding here"),
+        batch_size: int = typer.Option(32, min=1),
+        device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
+        backend: str = typer.Option("torch", help="torch or onnx (BUNDLE/model.onnx, from `cxr export`)"),
+        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8"),
+        workers: int = typer.Option(2, min=1, help="decoding threads"),
+        gate: bool = typer.Option(True, help="apply the bundle's quality gate (--no-gate: header/rule checks only)"),
+    ) -> None:
+        """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
+
+        Multi-GPU / multi-node: run under torchrun; rank r takes inputs r::world and rank 0 merges the parts in
+        input order. An interrupted run resumes from its part files when rerun with the same arguments.
+        """
+        from cxrkit.deploy.onnx_runtime import load_predictor
+        from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
+
+        output_format(out)
+        if heatmaps is not None and backend != "torch":
+            raise PredictError("--heatmaps needs --backend torch (CAM/Grad-CAM need the torch model)")
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        barrier = lambda: None  # noqa: E731
+        if world > 1:
+            import torch.distributed as dist
+
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if device == "cuda":
+                import torch
+
+                device = f"cuda:{local}"
+                torch.cuda.set_device(local)
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            barrier = dist.barrier
+        paths = expand_inputs(inputs)
+        if not paths:
+            raise PredictError(f"no input files found in {inputs}")
+        predictor = load_predictor(bundle, backend, device=device, precision=precision)
+        try:
+            written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
+                                batch_size=batch_size, workers=workers, gate="auto" if gate else None,
+                                heatmaps=heatmaps, progress=rank == 0)
+        finally:
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+        if written is not None:
+            typer.echo(f"wrote {len(paths)} rows to {written}")
+
+    @app.command("export")
+    def export_cmd(
+        bundle: Path = typer.Argument(..., help="bundle directory"),
+        format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="default BUNDLE/model.onnx (model.ts)"),
+        int8: bool = typer.Option(False, "--int8", help="also write calibrated static INT8 ONNX (*.int8.onnx)"),
+        calib_cache: Optional[Path] = typer.Option(None, help="prepared cache: INT8 calibration + parity images"),
+        calib_n: int = typer.Option(128, min=8, help="calibration images drawn from the cache's train split"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Export with an automatic parity check (fp32: max |dp| <= 1e-4 vs the torch predictor, else exit 2)."""
+        from cxrkit.deploy.export import cache_images, export
+
+        calib = parity = None
+        if calib_cache is not None:
+            from cxrkit.data.cache import open_cache
+
+            split = "train" if len(open_cache(calib_cache).rows("train")) else None
+            calib = cache_images(calib_cache, calib_n, split=split, seed=seed)
+            parity = calib[:32]
+        _echo_json(export(bundle, format, out, int8=int8, calib_images=calib, parity_images=parity))
+
+    @gate_app.command("fit")
+    def gate_fit(
+        bundle: Path = typer.Argument(..., help="bundle directory to store the gate in"),
+        images: List[str] = typer.Argument(..., help="in-distribution frontal chest films: files, folders, globs"),
+        method: str = typer.Option("lr-handcrafted", help="lr-handcrafted, maha-handcrafted, lr-backbone, "
+                                   "maha-backbone"),
+        target_fpr: float = typer.Option(0.02, min=0.0, max=0.5, help="fraction of real films expected flagged"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Fit the quality gate on chest films and store it in the bundle (quality_gate.safetensors)."""
+        from cxrkit.deploy.predict import _safe_decode, expand_inputs
+        from cxrkit.deploy.quality import QualityGateError, fit_quality_gate
+
+        decoded = [_safe_decode(p) for p in expand_inputs(images)]
+        films = [d[0] for d in decoded if not isinstance(d, Exception)]
+        if not films:
+            raise QualityGateError(f"no readable images in {images}")
+        gate = fit_quality_gate(bundle, films, method=method, target_fpr=target_fpr, seed=seed)
+        typer.echo(f"fitted {method} gate on {len(films)} films ({len(decoded) - len(films)} unreadable skipped); "
+                   f"threshold {gate.threshold:.3f}; stored in {bundle}")
+
+    @gate_app.command("eval")
+    def gate_eval(
+        bundle: Path = typer.Argument(..., help="bundle (its backbone is used by the *-backbone methods)"),
+        shared_data: Path = typer.Option(Path("../shared/data"), help="the reference data folder"),
+        method: List[str] = typer.Option(["lr-handcrafted"], help="one or more gate methods to compare"),
+        n_fit: int = typer.Option(200, help="NIH sample films to fit on; the rest are held out"),
+        target_fpr: float = typer.Option(0.02),
+        seed: int = typer.Option(0),
+        save: bool = typer.Option(False, help="store the (first) fitted gate in the bundle"),
+    ) -> None:
+        """Fit on n_fit NIH films, measure AUROC of held-out real chest films vs out-of-distribution images."""
+        from cxrkit.bundle import load_bundle
+        from cxrkit.data.decode import read_image
+        from cxrkit.deploy.bench import evaluate_gate, nih_split, ood_eval_set
+        from cxrkit.deploy.quality import fit_gate
+
+        fit, held = nih_split(shared_data, n_fit, seed)
+        films = [read_image(p) for p in fit]
+        inside, outside = ood_eval_set(shared_data, held, seed)
+        predictor = load_bundle(bundle)
+        results = {}
+        for k, m in enumerate(method):
+            gate, info = fit_gate(films, method=m, target_fpr=target_fpr, seed=seed, predictor=predictor)
+            results[m] = evaluate_gate(gate, inside, outside)
+            if save and k == 0:
+                gate.save(bundle, fit_info={**info, "eval": results[m]})
+        _echo_json(results)
+
+    @groups["bench"].command("infer")
+    def bench_infer(
+        bundle: Optional[Path] = typer.Option(None, help="bundle to time (default: a random DenseNet-121 built "
+                                              "in --workdir)"),
+        images: Optional[Path] = typer.Option(None, help="folder of input images (default: generated PNGs)"),
+        workdir: Path = typer.Option(Path("runs/bench_infer"), help="where the bench bundle/PNGs/exports go"),
+        device: str = typer.Option("cpu", help="cpu: latency + img/s per backend; cuda: batch img/s"),
+        size: int = typer.Option(224), n: int = typer.Option(64, help="images for latency/throughput"),
+        threads: int = typer.Option(0, help="CPU threads (0: all cores)"),
+        backends: List[str] = typer.Option(["torch-fp32", "onnx-fp32", "onnx-int8"]),
+        batch_size: int = typer.Option(256, help="GPU batch"), compile: bool = typer.Option(True),
+        precision: str = typer.Option("bf16", help="GPU precision"),
+        cache: Optional[Path] = typer.Option(None, help="prepared cache: INT8 calibration (train) and the AUROC "
+                                             "change fp32 -> int8 on its test split"),
+    ) -> None:
+        """Inference speed: GPU batch img/s, or CPU p50/p99 single-image latency and img/s per backend."""
+        from cxrkit.deploy import bench
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        if bundle is None:
+            bundle = workdir / f"densenet121_{size}"
+            if not (bundle / "config.json").is_file():
+                bench.make_bench_bundle(bundle, "densenet121", size)
+        if device.startswith("cuda"):
+            _echo_json(bench.gpu_throughput(bundle, batch_size, precision=precision, compile=compile))
+            return
+        _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
+                                    backends=backends, cache=cache))
+
+    # --- `cxr serve` belongs to the REST-service engineer: it registers itself from cxrkit.deploy.serve_cli. ---
+    if importlib.util.find_spec("cxrkit.deploy.serve_cli") is not None:
+        importlib.import_module("cxrkit.deploy.serve_cli").register(app, groups)
+
+    app.add_typer(gate_app, name="gate")
+
+
+__all__ = ["register", "CxrError"]

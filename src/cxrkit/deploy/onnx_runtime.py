@@ -1,0 +1,179 @@
+"""One predictor interface over torch and ONNX Runtime.
+
+:class:`OnnxPredictor` has the same methods as :class:`cxrkit.bundle.Predictor` (``predict``, ``predict_full``,
+``forward_uint8``, ``label_names``, ``thresholds``, ``positives``) so batch prediction, the quality gate, the
+service and the benchmarks never care which backend runs the network. The ONNX graph (written by
+:func:`cxrkit.deploy.export.export_onnx`) takes the *normalised float* tensor at the bundle's input size; the
+geometry (``fit_square`` + ``to_model_input``) and sigmoid + calibration run here, exactly as in the torch
+predictor, so the export parity check covers the whole chain.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cxrkit.bundle.calibration import apply_calibration
+from cxrkit.bundle.format import BundleError, read_bundle_config
+from cxrkit.bundle.predictor import abnormality_from_probs
+from cxrkit.data.errors import CxrError
+from cxrkit.data.transforms import fit_square
+
+ONNX_NAME = "model.onnx"
+ONNX_INT8_NAME = "model.int8.onnx"
+CONFIG_METADATA_KEY = "cxrkit_config"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class BackendError(CxrError):
+    """A runtime backend cannot be loaded as asked (missing export, unknown backend/precision, no CUDA...)."""
+
+
+def read_onnx_config(onnx_path: str | Path) -> dict | None:
+    """The bundle config embedded in an exported ONNX file's metadata (None when absent)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == CONFIG_METADATA_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+class OnnxPredictor:
+    """An exported bundle run by ONNX Runtime: uint8 grey images in, calibrated probabilities out."""
+
+    def __init__(self, onnx_path: str | Path, config: dict | None = None, *, providers: Sequence[str] | None = None,
+                 threads: int | None = None, path: Path | None = None):
+        import onnxruntime as ort
+
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise BackendError(f"{onnx_path}: ONNX file not found (write it with `cxr export BUNDLE --format onnx`)")
+        config = config or read_onnx_config(onnx_path)
+        if config is None:
+            raise BackendError(f"{onnx_path} carries no cxrkit config; pass the bundle directory instead")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.onnx_path, self.path, self.config = onnx_path, path, config
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.label_names: tuple[str, ...] = tuple(config["label_names"])
+        self.thresholds = np.array([config["thresholds"][n] for n in self.label_names], dtype=np.float32)
+        inp = config["input"]
+        self.input_size, self.preresize = int(inp["size"]), int(inp["preresize"])
+        self.mean, self.std = float(inp["mean"]), float(inp["std"])
+
+    def to_uint8_batch(self, images: Sequence[np.ndarray] | np.ndarray):
+        """Bring images to the stored (preresize) geometry: B x 1 x P x P uint8 (a torch tensor, like Predictor)."""
+        import torch
+
+        out = np.empty((len(images), self.preresize, self.preresize), dtype=np.uint8)
+        for i, img in enumerate(images):
+            img = np.asarray(img)
+            if img.dtype != np.uint8 or img.ndim != 2:
+                raise ValueError(f"image {i}: expected a uint8 H x W grey array, got {img.dtype} {img.shape}")
+            out[i] = img if img.shape == (self.preresize,) * 2 else fit_square(img, self.preresize)[0]
+        return torch.from_numpy(out).unsqueeze(1)
+
+    def model_input(self, batch_u8) -> np.ndarray:
+        """The normalised float32 tensor the graph takes (same transform as training: to_model_input)."""
+        import torch
+
+        from cxrkit.models.input import to_model_input
+
+        if isinstance(batch_u8, np.ndarray):
+            batch_u8 = torch.from_numpy(batch_u8)
+        return to_model_input(batch_u8, self.input_size, self.mean, self.std).numpy()
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs for a normalised float batch: logits, embedding [, abnormal_logit]."""
+        return dict(zip(self.output_names, self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})))
+
+    def forward_uint8(self, batch_u8) -> dict[str, np.ndarray]:
+        """uint8 B x 1 x P x P -> {"logits", "probs", "abnormality", "embedding"} numpy arrays."""
+        out = self.run(self.model_input(batch_u8))
+        logits = out["logits"].astype(np.float32)
+        probs = apply_calibration(logits, self.config.get("calibration"))
+        if "abnormal_logit" in out:
+            abnormality = (1.0 / (1.0 + np.exp(-out["abnormal_logit"].astype(np.float64)))).astype(np.float32)
+        else:
+            abnormality = abnormality_from_probs(probs)
+        return {"logits": logits, "probs": probs, "abnormality": abnormality, "embedding": out["embedding"]}
+
+    def predict(self, images, batch_size: int = 32) -> np.ndarray:
+        """N x C probabilities for uint8 grey images."""
+        return self.predict_full(images, batch_size)["probs"]
+
+    def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """{"logits", "probs", "abnormality", "embedding"} for uint8 grey images, in batches."""
+        parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
+                 for i in range(0, len(images), batch_size)]
+        if not parts:
+            c = len(self.label_names)
+            return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
+                    "abnormality": np.zeros(0, np.float32)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def positives(self, probs: np.ndarray) -> np.ndarray:
+        return probs >= self.thresholds
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_predictor(bundle: str | Path, backend: str = "torch", *, device: str = "cpu", precision: str = "fp32",
+                   compile: bool = False, channels_last: bool | None = None, onnx_file: str | Path | None = None,
+                   threads: int | None = None):
+    """Load a bundle for inference on any backend; every result has the :class:`cxrkit.bundle.Predictor` methods.
+
+    ``backend="torch"``: eager (or ``compile=True``: torch.compile of the forward) on ``device`` with autocast at
+    ``precision`` (fp32/bf16/fp16); ``channels_last`` defaults to on for CUDA. ``backend="onnx"``: ONNX Runtime
+    on ``onnx_file`` (default ``BUNDLE/model.onnx``; ``precision="int8"`` picks ``BUNDLE/model.int8.onnx``),
+    CUDA execution provider when ``device="cuda"`` and available.
+    """
+    bundle = Path(bundle)
+    if backend == "onnx":
+        if onnx_file is None:
+            if bundle.suffix == ".onnx":
+                return OnnxPredictor(bundle, threads=threads)
+            onnx_file = bundle / (ONNX_INT8_NAME if precision == "int8" else ONNX_NAME)
+        elif precision not in ("fp32", "int8"):
+            raise BackendError(f"the onnx backend runs the precision the file was exported in; got {precision!r}")
+        config = read_bundle_config(bundle) if bundle.is_dir() else None
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        return OnnxPredictor(onnx_file, config, providers=providers, threads=threads, path=bundle)
+    if backend != "torch":
+        raise BackendError(f"unknown backend {backend!r}; choose 'torch' or 'onnx'")
+    import torch
+
+    from cxrkit.bundle import load_bundle
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
+    pred = load_bundle(bundle, device=device, amp_dtype=_torch_dtype(precision))
+    if not hasattr(pred, "model"):
+        if compile or channels_last:
+            raise BundleError(f"{bundle}: compile/channels_last are not supported for ensemble bundles")
+        return pred
+    if channels_last is None:
+        channels_last = device.startswith("cuda")
+    if channels_last:
+        pred.model = pred.model.to(memory_format=torch.channels_last)
+    if compile:
+        # forward_all is what the predictor calls; compiling it (not forward) keeps one code path for every output.
+        pred.model.forward_all = torch.compile(pred.model.forward_all)
+    return pred

@@ -1,0 +1,242 @@
+"""Batch prediction over files: decode in a thread pool while the model runs, one row per input, never an aborted
+batch (a bad file becomes a row with its error), quality verdicts, optional heatmaps, torchrun sharding."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from cxrkit import RESEARCH_NOTICE
+from cxrkit.data.errors import CxrError, ImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ""}  # "" : DICOM files often have no suffix
+GREY_PHOTOMETRIC = {None, "grey", "grey+alpha"}
+
+
+class PredictError(CxrError):
+    """Batch prediction was asked for something it cannot do (no inputs, bad output path, bad options)."""
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (recursive; image suffixes or none, hidden files skipped) and glob patterns -> paths in a
+    stable order. A name matching nothing is kept, so it becomes an error row instead of vanishing."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif not p.exists() and glob.has_magic(str(item)):
+            out += sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def decode_input(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """read_image_with_meta, plus ``colourfulness`` for colour PNG/JPEG (read_image returns grey, so colour
+    photographs are only recognisable from the file itself)."""
+    from cxrkit.data.decode import read_image_with_meta
+    from cxrkit.deploy.quality_features import file_colourfulness
+
+    image, meta = read_image_with_meta(path)
+    if meta.get("source_format") in ("png", "jpeg") and meta.get("photometric") not in GREY_PHOTOMETRIC:
+        meta["colourfulness"] = file_colourfulness(Path(path).read_bytes())
+    return image, meta
+
+
+def _safe_decode(path: Path):
+    try:
+        return decode_input(path)
+    except ImageError as exc:
+        return exc
+    except (OSError, ValueError, MemoryError) as exc:  # a decoder bug on one file must not stop the batch
+        return ImageError(path, f"could not decode: {type(exc).__name__}: {exc}")
+
+
+def _header_fields(meta: dict) -> dict[str, Any]:
+    from cxrkit.data.dicom import is_chest_radiograph_header
+
+    ok, why = is_chest_radiograph_header(meta)
+    return {"modality": meta.get("modality"), "body_part": meta.get("body_part"), "view": meta.get("view"),
+            "header_ok": ok, "header_reason": why}
+
+
+def _heatmaps(predictor, image, probs: np.ndarray, positives: np.ndarray, out_dir: Path, stem: str) -> list[str]:
+    from cxrkit.explain import explain_images, render_finding
+    from cxrkit.explain.overlay import write_png
+
+    # positive findings, or the single most likely one so every film gets a map to look at
+    idx = list(np.flatnonzero(positives)) or [int(np.argmax(probs))]
+    names = [predictor.label_names[i] for i in idx]
+    maps = explain_images(predictor, [image], names)[0]
+    written = []
+    for i, name in zip(idx, names):
+        path = out_dir / f"{stem}_{name}.png"
+        write_png(path, render_finding(image, maps[name], [], name, float(probs[i])))
+        written.append(str(path))
+    return written
+
+
+def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: Sequence[int] | None = None,
+                     batch_size: int = 32, workers: int = 2, gate: Any = "auto", heatmaps: str | Path | None = None,
+                     progress: bool = True) -> Iterator[list[dict[str, Any]]]:
+    """Yield rows batch by batch, in input order (see :func:`predict_files`)."""
+    from tqdm import tqdm
+
+    from cxrkit.deploy.quality import QualityGate, rule_reason
+
+    paths = [Path(p) for p in paths]
+    indices = list(range(len(paths))) if indices is None else list(indices)
+    if gate == "auto":
+        gate = QualityGate.from_bundle(predictor)
+    if heatmaps is not None:
+        heatmaps = Path(heatmaps)
+        heatmaps.mkdir(parents=True, exist_ok=True)
+    window = max(1, batch_size) * 2
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        pending = [pool.submit(_safe_decode, p) for p in paths[:window]]
+        for start in range(0, len(paths), batch_size):
+            stop = min(start + batch_size, len(paths))
+            pending += [pool.submit(_safe_decode, p) for p in paths[start + window:stop + window]]
+            decoded = [f.result() for f in pending[:stop - start]]
+            pending = pending[stop - start:]
+            rows: list[dict[str, Any]] = []
+            good = [(k, d) for k, d in enumerate(decoded) if not isinstance(d, Exception)]
+            for k, d in enumerate(decoded):
+                rows.append({"index": indices[start + k], "path": str(paths[start + k]),
+                             "status": "error" if isinstance(d, Exception) else "ok",
+                             "error": getattr(d, "reason", str(d)) if isinstance(d, Exception) else ""})
+            if good:
+                images = [d[0] for _, d in good]
+                metas = [d[1] for _, d in good]
+                out = predictor.predict_full(images, batch_size=batch_size)
+                pos = predictor.positives(out["probs"])
+                if gate is not None:
+                    verdicts = gate.check_batch(images, metas, out.get("embedding") if gate.method.endswith(
+                        "backbone") else None)
+                else:
+                    verdicts = []
+                    for im, meta in zip(images, metas):
+                        why = rule_reason(im, meta)
+                        verdicts.append({"ok": why is None, "score": None, "reason": why or
+                                         "basic checks passed; no fitted quality gate in the bundle (cxr gate fit)"})
+                for j, (k, (image, meta)) in enumerate(good):
+                    row = rows[k]
+                    row.update({
+                        "width": int(image.shape[1]), "height": int(image.shape[0]),
+                        "abnormality": float(out["abnormality"][j]),
+                        "findings": [n for n, p in zip(predictor.label_names, pos[j]) if p],
+                        "probs": {n: float(p) for n, p in zip(predictor.label_names, out["probs"][j])},
+                        "quality_ok": bool(verdicts[j]["ok"]), "quality_score": verdicts[j]["score"],
+                        "quality_reason": verdicts[j]["reason"], **_header_fields(meta)})
+                    if heatmaps is not None:
+                        stem = f"{row['index']:06d}_{paths[start + k].stem}"
+                        row["heatmaps"] = _heatmaps(predictor, image, out["probs"][j], pos[j], heatmaps, stem)
+            bar.update(stop - start)
+            yield rows
+
+
+def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, workers: int = 2,
+                  gate: Any = "auto", heatmaps: str | Path | None = None, progress: bool = False,
+                  indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Predict every file; one row (dict) per input, in input order.
+
+    ``predictor``: a :class:`cxrkit.bundle.Predictor` or :class:`cxrkit.deploy.OnnxPredictor`. ``gate``:
+    ``"auto"`` (the bundle's fitted gate, else the fitted-model-free checks), a :class:`QualityGate`, or None.
+    Rows: ``index, path, status ("ok"/"error"), error`` and, when decoded, ``width, height, abnormality,
+    findings`` (thresholded with the bundle's thresholds), ``probs`` ({finding: p}), ``quality_ok,
+    quality_score, quality_reason, modality, body_part, view, header_ok, header_reason`` [, ``heatmaps``].
+    """
+    rows: list[dict[str, Any]] = []
+    for batch in iter_predictions(predictor, paths, indices=indices, batch_size=batch_size, workers=workers,
+                                  gate=gate, heatmaps=heatmaps, progress=progress):
+        rows += batch
+    return rows
+
+
+# -- output ---------------------------------------------------------------------------------------
+CSV_FIXED = ["index", "path", "status", "error", "abnormality", "findings"]
+CSV_TAIL = ["quality_ok", "quality_score", "quality_reason", "modality", "body_part", "view", "header_ok",
+            "header_reason", "width", "height", "heatmaps"]
+
+
+def output_format(out: str | Path) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise PredictError(f"--out {out}: the file name must end in .csv or .jsonl (that picks the format)")
+    return suffix[1:]
+
+
+def write_results(rows: Sequence[dict], out: str | Path, label_names: Sequence[str]) -> Path:
+    """CSV (first line a ``#`` comment with the research-use notice; one probability column per finding) or
+    JSONL (one object per row with a ``notice`` field), written atomically."""
+    out = Path(out)
+    fmt = output_format(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        if fmt == "jsonl":
+            for row in rows:
+                fh.write(json.dumps({**row, "notice": RESEARCH_NOTICE}) + "\n")
+        else:
+            fh.write(f"# {RESEARCH_NOTICE}\n")
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIXED + list(label_names) + CSV_TAIL, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                flat = {**row, **row.get("probs", {}), "findings": ";".join(row.get("findings", [])),
+                        "heatmaps": ";".join(row.get("heatmaps", []))}
+                writer.writerow(flat)
+    os.replace(tmp, out)
+    return out
+
+
+def read_journal(path: Path) -> dict[int, dict]:
+    """Rows already written to a part file (a resumed run skips them); a torn last line is ignored."""
+    done: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[int(row["index"])] = row
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue
+    return done
+
+
+def run_shard(predictor, paths: Sequence[Path], out: str | Path, *, rank: int = 0, world: int = 1,
+              barrier: Callable[[], None] = lambda: None, **kwargs) -> Path | None:
+    """Predict this rank's share (``paths[rank::world]``) into ``OUT.part<rank>of<world>.jsonl`` (appended batch
+    by batch, so a rerun resumes), then rank 0 merges all parts in input order into ``out``."""
+    out = Path(out)
+    output_format(out)
+    part = lambda r: out.with_name(f"{out.name}.part{r}of{world}.jsonl")  # noqa: E731
+    mine = list(range(rank, len(paths), world))
+    done = read_journal(part(rank))
+    todo = [i for i in mine if i not in done or done[i]["path"] != str(paths[i])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(part(rank), "a") as journal:
+        for rows in iter_predictions(predictor, [paths[i] for i in todo], indices=todo, **kwargs):
+            journal.write("".join(json.dumps(r) + "\n" for r in rows))
+            journal.flush()
+    barrier()
+    if rank != 0:
+        return None
+    merged: dict[int, dict] = {}
+    for r in range(world):
+        merged.update(read_journal(part(r)))
+    missing = [i for i in range(len(paths)) if i not in merged]
+    if missing:
+        raise PredictError(f"merging parts: {len(missing)} inputs have no row (first: {paths[missing[0]]}); rerun "
+                           "the same command to resume")
+    write_results([merged[i] for i in range(len(paths))], out, predictor.label_names)
+    for r in range(world):
+        part(r).unlink(missing_ok=True)
+    return out

@@ -1,0 +1,69 @@
+"""Operating points chosen on validation (Youden, sensitivity at fixed specificity, F1-optimal), scored on test."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from cxrkit.evaluation.bootstrap import ClusterBootstrap
+from cxrkit.evaluation.metrics import CONFUSION_METRICS, weighted_confusion
+from cxrkit.evaluation.summary import with_ci
+
+POLICIES = ("youden", "sens_at_spec90", "sens_at_spec95", "f1")
+POLICY_TITLES = {"youden": "Youden J", "sens_at_spec90": "sensitivity at 90% specificity",
+                 "sens_at_spec95": "sensitivity at 95% specificity", "f1": "F1-optimal"}
+
+
+def choose_threshold(y: np.ndarray, s: np.ndarray, policy: str) -> float | None:
+    """Threshold (predict positive when score >= t) for one finding; None when y lacks positives or negatives."""
+    known = ~np.isnan(y)
+    y, s = (y[known] >= 0.5).astype(int), s[known]
+    if y.size == 0 or y.min() == y.max():
+        return None
+    if policy == "f1":
+        prec, rec, thr = precision_recall_curve(y, s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)[:-1]
+        return float(thr[int(np.argmax(f1))])
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    thr = np.minimum(thr, np.nextafter(np.inf, 0))  # sklearn's first threshold is +inf: no positives
+    if policy == "youden":
+        return float(thr[int(np.argmax(tpr - fpr))])
+    if policy in ("sens_at_spec90", "sens_at_spec95"):
+        spec = 0.90 if policy == "sens_at_spec90" else 0.95
+        ok = np.flatnonzero(1 - fpr >= spec)  # tpr rises along the curve: the last admissible point is best
+        return float(thr[ok[-1]])
+    raise ValueError(f"unknown operating-point policy {policy!r}; choose from {POLICIES}")
+
+
+def choose_operating_points(Y: np.ndarray, S: np.ndarray, label_names: Sequence[str],
+                            policies: Sequence[str] = POLICIES) -> dict[str, dict[str, float | None]]:
+    """{finding: {policy: threshold}} from validation labels ``Y`` and scores ``S`` (N x C)."""
+    return {name: {p: choose_threshold(Y[:, c], S[:, c], p) for p in policies} for c, name in enumerate(label_names)}
+
+
+def operating_metrics(Y: np.ndarray, S: np.ndarray, label_names: Sequence[str], thresholds: dict,
+                      boot: ClusterBootstrap, idx: np.ndarray | None = None) -> dict:
+    """Sensitivity, specificity, PPV, NPV, F1 (+ CIs) on images ``idx`` at each finding's chosen thresholds.
+
+    Returns {finding: {policy: {"threshold", "sensitivity", "sensitivity_ci_low", ...}}}.
+    """
+    idx = np.arange(len(Y)) if idx is None else np.asarray(idx)
+    out: dict = {}
+    for c, name in enumerate(label_names):
+        known = idx[~np.isnan(Y[idx, c])]
+        y = Y[known, c] >= 0.5
+        out[name] = {}
+        for policy, t in thresholds.get(name, {}).items():
+            if t is None:
+                out[name][policy] = {"threshold": None, "reason": "no threshold: validation lacks positives or negatives"}
+                continue
+            pred = S[known, c] >= t
+            point = weighted_confusion(y, pred, np.ones((1, known.size)))
+            reps = boot.apply(weighted_confusion, Y[:, c] >= 0.5, S[:, c] >= t, idx=known) if boot.n_boot else {}
+            entry = {"threshold": float(t)}
+            for m in CONFUSION_METRICS:
+                entry.update(with_ci(m, point[m][0], reps.get(m)))
+            out[name][policy] = entry
+    return out

@@ -1,0 +1,268 @@
+"""One self-contained HTML file (valid HTML5, inline CSS, figures as base64 PNG): opens offline, no JS, no CDN."""
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Sequence
+
+from cxrkit import RESEARCH_NOTICE
+from cxrkit.evaluation.operating import POLICY_TITLES
+
+PHANTOM_WARNING = "synthetic data — not clinical performance"
+CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;
+padding:0 1em;color:#222}h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
+text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.notice{background:#fff4e5;border:1px solid #f0a040;
+padding:.6em 1em}.warn{background:#fde8e8;border:2px solid #c33;padding:.6em 1em;font-weight:bold;font-size:1.1em}
+code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
+img{max-width:100%;height:auto}.gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:230px}
+figcaption{font-size:.75em}"""
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A number for the report ("n/a" when undefined)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        return str(v)
+    return f"{float(v):.{digits}f}"
+
+
+def with_ci(entry: dict, key: str, digits: int = 3) -> str:
+    v = entry.get(key)
+    if v is None:
+        return "n/a"
+    lo, hi = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
+    if lo is None or hi is None:
+        return fmt(v, digits)
+    return f"{fmt(v, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+
+
+def img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return f"<p>{escape(alt)}: figure unavailable</p>"
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{escape(alt)}">'
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """HTML table; the first ``left`` columns are left-aligned. Cells are escaped."""
+    h = "".join(f'<th class="l">{escape(x)}</th>' if i < left else f"<th>{escape(x)}</th>" for i, x in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="l">{escape(str(c))}</td>' if i < left else f"<td>{escape(str(c))}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _per_class(m: dict) -> str:
+    cal = m.get("calibration", {}).get("per_class", {})
+    rows = []
+    for name, e in m["per_class"].items():
+        rows.append([name, e["n_pos"], e["n_neg"], with_ci(e, "auroc"), with_ci(e, "auprc"),
+                     fmt(cal.get(name, {}).get("ece")), e.get("reason", "")])
+    return table(["finding", "positives", "negatives", "AUROC (95% CI)", "AUPRC (95% CI)", "ECE", "note"], rows)
+
+
+def _operating(m: dict) -> str:
+    rows = []
+    for name, pc in m["per_class"].items():
+        for p, e in pc.get("operating_points", {}).items():
+            if e.get("threshold") is None:
+                rows.append([name, POLICY_TITLES.get(p, p), "n/a", "", "", "", "", "", e.get("reason", "")])
+                continue
+            rows.append([name, POLICY_TITLES.get(p, p), fmt(e["threshold"], 4)] +
+                        [with_ci(e, k) for k in ("sensitivity", "specificity", "ppv", "npv", "f1")] + [""])
+    return table(["finding", "operating point (chosen on validation)", "threshold", "sensitivity", "specificity",
+                  "PPV", "NPV", "F1", "note"], rows, left=2)
+
+
+def _subgroups(sg: dict) -> str:
+    if not sg:
+        return "<p>Subgroup analysis not run.</p>"
+    parts = [f"<p>Underdiagnosis rate overall (predicted no finding although at least one finding is labelled; "
+             f"thresholds: {escape(sg.get('thresholds', ''))}): "
+             f"{escape(with_ci(sg['overall_underdiagnosis'], 'underdiagnosis_rate'))}</p>"]
+    rows = []
+    for dim, groups in sg["dimensions"].items():
+        for g, e in groups.items():
+            if "reason" in e:
+                rows.append([dim, g, e["n_images"], e["n_patients"], "", "", "", "", e["reason"]])
+                continue
+            gap = e["mean_auroc_gap"]
+            ud = e["underdiagnosis"]
+            rows.append([dim, g, e["n_images"], e["n_patients"], with_ci(e, "mean_auroc"),
+                         with_ci({"g": gap["gap"], "g_ci_low": gap["gap_ci_low"], "g_ci_high": gap["gap_ci_high"]}, "g"),
+                         with_ci(ud, "underdiagnosis_rate"),
+                         with_ci({"g": ud["gap"]["gap"], "g_ci_low": ud["gap"]["gap_ci_low"],
+                                  "g_ci_high": ud["gap"]["gap_ci_high"]}, "g"), ""])
+    parts.append(table(["dimension", "group", "images", "patients", "mean AUROC (95% CI)", "gap to overall",
+                        "underdiagnosis rate", "underdiagnosis gap", "note"], rows, left=2))
+    parts.append("<p>Per-finding AUROC, AUPRC and operating-point metrics of every subgroup (with gaps) are in "
+                 "metrics.json under <code>subgroups</code>.</p>")
+    return "".join(parts)
+
+
+def _published(pub: dict) -> str:
+    if not pub:
+        return "<p>Not available.</p>"
+    studies = pub["studies"]
+    parts = ["<p>" + escape(pub["note"]) + "</p><ul>"]
+    for sid, st in studies.items():
+        verdict = "comparable" if st["comparable"] else "NOT comparable"
+        parts.append(f"<li><b>{escape(st['name'])}</b> — {escape(verdict)}: {escape(st['reason'])}. "
+                     f"Split: {escape(st['split'])}. <i>{escape(st['citation'])}</i></li>")
+    parts.append("</ul>")
+    header = ["finding", "this model"] + [f"{studies[s]['name']}" for s in studies] + \
+             [f"difference vs {s}" for s in studies]
+    rows = [[r["finding"], fmt(r["ours"])] + [fmt(r[s]) for s in studies] + [fmt(r[f"{s}_diff"]) for s in studies]
+            for r in pub["rows"]]
+    parts.append(table(header, rows))
+    return "".join(parts)
+
+
+def _adjudicated(adj: dict | None) -> str:
+    if not adj:
+        return "<p>Not run (pass <code>--adjudicated CSV</code>).</p>"
+    parts = [f"<p>{adj['n_matched_images']} images of this split are in the adjudicated table ({escape(adj['source'])}"
+             f"). Mapping from the model outputs: " +
+             "; ".join(f"{escape(k)} ← {escape(' / '.join(v)) if v else 'not covered'}" for k, v in
+                       adj["mapping"].items()) + ".</p>"]
+    if adj.get("reason"):
+        parts.append(f"<p>{escape(adj['reason'])}</p>")
+    if adj.get("per_class"):
+        parts.append(table(["adjudicated finding", "positives", "negatives", "AUROC (95% CI)", "AUPRC (95% CI)",
+                            "note"], [[k, e["n_pos"], e["n_neg"], with_ci(e, "auroc"), with_ci(e, "auprc"),
+                                       e.get("reason", "")] for k, e in adj["per_class"].items()]))
+    for k, why in adj.get("not_covered", {}).items():
+        parts.append(f"<p>{escape(k)}: not covered ({escape(why)}).</p>")
+    return "".join(parts)
+
+
+def _comparison(cmp: dict | None) -> str:
+    if not cmp:
+        return "<p>Not run (pass <code>--compare OTHER_BUNDLE</code>).</p>"
+    rows = []
+    for name, e in cmp["per_class"].items():
+        if "reason" in e:
+            rows.append([name, "", "", "", e["reason"]])
+            continue
+        d, b = e["delong"], e["paired_bootstrap"]
+        rows.append([name, fmt(b["diff"]), f"{fmt(b['ci_low'])}–{fmt(b['ci_high'])}", fmt(b["p_value"]),
+                     f"DeLong p = {fmt(d.get('p_value'), 4)}"])
+    m = cmp["mean_auroc"]
+    rows.append(["mean AUROC", fmt(m["diff"]), f"{fmt(m['ci_low'])}–{fmt(m['ci_high'])}", fmt(m["p_value"]), ""])
+    return (f"<p>{escape(cmp['note'])}. Compared bundle: <code>{escape(str(cmp.get('other', '')))}</code>.</p>" +
+            table(["finding", "AUROC difference", "paired bootstrap 95% CI", "bootstrap p", "DeLong"], rows))
+
+
+def _triage(tr: dict | None, fig: bytes | None) -> str:
+    if not tr:
+        return "<p>Not available.</p>"
+    ab = tr.get("abnormality", {})
+    parts = [f"<p>Abnormality score: {escape(ab.get('score', ''))}. AUROC for abnormal (any finding) vs normal: "
+             f"{escape(with_ci(ab, 'auroc'))} (n = {ab.get('n_abnormal', 'n/a')} abnormal, "
+             f"{ab.get('n_normal', 'n/a')} normal).</p>"]
+    sim = tr.get("simulation")
+    if sim:
+        p = sim["params"]
+        parts.append(f"<p>Worklist simulation: {p['readers']} readers, Poisson arrivals at "
+                     f"{fmt(p['arrival_rate_per_hour'], 1)} cases/hour for {fmt(p['hours'], 1)} hours, "
+                     f"{escape(p['read_dist'])} reading time with mean {fmt(p['read_minutes'], 1)} min "
+                     f"(utilisation {fmt(p['utilisation'], 2)}), seed {p['seed']}; {sim['n_cases']} cases, "
+                     f"{sim['n_abnormal']} abnormal.</p>")
+        parts.append(table(["turnaround of abnormal cases (min)", "first-in-first-out", "priority by score",
+                            "reduction"],
+                           [["mean", fmt(sim["fifo_mean"], 1), fmt(sim["priority_mean"], 1),
+                             f"{fmt(sim['mean_reduction_pct'], 1)} %"],
+                            ["90th percentile", fmt(sim["fifo_p90"], 1), fmt(sim["priority_p90"], 1),
+                             f"{fmt(sim['p90_reduction_pct'], 1)} %"]]))
+        parts.append(img(fig, "triage turnaround"))
+    return "".join(parts)
+
+
+def _localisation(loc: dict | None) -> str:
+    if not loc:
+        return "<p>Not available.</p>"
+    if "reason" in loc and len(loc) == 1:
+        return f"<p>Localisation unavailable: {escape(loc['reason'])}</p>"
+    rows = []
+    for name, e in loc.items():
+        if not isinstance(e, dict) or "n_boxes" not in e:
+            continue
+        accs = ", ".join(f"{k} {fmt(v)}" for k, v in e.items() if k.startswith("acc_"))
+        rows.append([name, e["n_boxes"], fmt(e.get("mean_best_iou")), fmt(e.get("mean_best_iobb")), accs])
+    return table(["finding", "boxes", "mean best IoU", "mean best IoBB", "accuracy at thresholds"], rows)
+
+
+def _gallery(gallery) -> str:
+    if isinstance(gallery, str):
+        return f"<p>heatmaps unavailable: {escape(gallery)}</p>"
+    if not gallery:
+        return "<p>heatmaps unavailable: no confident true or false positives to show</p>"
+    figs = "".join(f"<figure>{img(g['png_bytes'], g['finding'])}<figcaption>{escape(g['finding'])} — "
+                   f"{'true' if g['kind'] == 'TP' else 'false'} positive, p = {fmt(g['prob'])}</figcaption></figure>"
+                   for g in gallery)
+    return f'<div class="gallery">{figs}</div>'
+
+
+def _model_card(m: dict) -> str:
+    data = m.get("data", {})
+    bundle = m.get("bundle", {})
+    phantom = data.get("is_phantom")
+    lim = ["Labels of NIH ChestX-ray14 were mined from radiology reports by NLP and are noisy; AUROC against them "
+           "is not diagnostic accuracy.",
+           "Confidence intervals resample patients of this test split only; they do not cover other hospitals, "
+           "scanners or populations (see the subgroup section).",
+           "Operating points were chosen on the validation split and may not transfer to other prevalences."]
+    if phantom:
+        lim.insert(0, "The data are synthetic phantoms: these numbers say nothing about clinical performance.")
+    items = [("Intended use", "Research only. " + RESEARCH_NOTICE),
+             ("Model", f"{bundle.get('arch', 'ensemble' if bundle.get('ensemble') else 'n/a')}; bundle "
+                       f"{bundle.get('path', 'n/a')}; {len(m.get('label_names', []))} findings"),
+             ("Data", f"cache {data.get('cache', 'n/a')} (source {data.get('source', 'n/a')}), split "
+                      f"{data.get('split', 'n/a')}: {data.get('n_images', 'n/a')} images of "
+                      f"{data.get('n_patients', 'n/a')} patients; validation "
+                      f"{data.get('n_val_images', 0)} images"),
+             ("Metrics", f"mean AUROC {with_ci(m, 'mean_auroc')} over {len(m.get('mean_auroc_classes', []))} "
+                         f"findings; 95% CIs from {m.get('bootstrap', {}).get('n_boot')} patient-clustered bootstrap "
+                         f"replicates (seed {m.get('bootstrap', {}).get('seed')})"),
+             ("Subgroups", "sex, age band, view and data source (section above)"),
+             ("Limitations", " ".join(lim))]
+    return "<dl>" + "".join(f"<dt><b>{escape(k)}</b></dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def render_report(m: dict, figures: dict[str, bytes | None], gallery, command: str) -> str:
+    """The report as one HTML string. ``m``: the metrics.json content; ``figures``: PNG bytes by name (roc, pr,
+    reliability, forest_auroc, forest_underdiagnosis, triage); ``gallery``: explain's gallery list, or a string
+    saying why heatmaps are unavailable; ``command``: the CLI line that reproduces every number."""
+    phantom = m.get("data", {}).get("is_phantom")
+    warn = f'<p class="warn">{escape(PHANTOM_WARNING)}</p>' if phantom else ""
+    cal = m.get("calibration", {})
+    cal_text = (f"Mean expected calibration error (ECE, {cal.get('n_bins')} equal-width bins): "
+                f"{fmt(cal.get('mean_ece'))}. Calibration applied: "
+                f"{escape(str((cal.get('method') or 'none')))}.")
+    sections = [
+        ("Reproduce", f"<p>Every number in this report comes from:</p><pre>{escape(command)}</pre>"),
+        ("Summary", f"<p>Mean AUROC {escape(with_ci(m, 'mean_auroc'))} over "
+                    f"{len(m.get('mean_auroc_classes', []))} findings (95% CI: patient-clustered bootstrap, "
+                    f"{m.get('bootstrap', {}).get('n_boot')} replicates).</p>"),
+        ("Per-finding discrimination", _per_class(m)),
+        ("ROC curves (95% bootstrap band)", img(figures.get("roc"), "ROC curves")),
+        ("Precision-recall curves (95% bootstrap band)", img(figures.get("pr"), "PR curves")),
+        ("Operating points", "<p>Thresholds chosen on the validation split, applied to the test split.</p>" +
+         _operating(m)),
+        ("Calibration", f"<p>{cal_text}</p>" + img(figures.get("reliability"), "reliability diagrams")),
+        ("Subgroups", _subgroups(m.get("subgroups", {})) + img(figures.get("forest_auroc"), "subgroup AUROC") +
+         img(figures.get("forest_underdiagnosis"), "subgroup underdiagnosis")),
+        ("Published results", _published(m.get("published", {}))),
+        ("Radiologist-adjudicated labels", _adjudicated(m.get("adjudicated"))),
+        ("Model comparison", _comparison(m.get("comparison"))),
+        ("Normal / abnormal triage", _triage(m.get("triage"), figures.get("triage"))),
+        ("Localisation", _localisation(m.get("localisation"))),
+        ("Heatmaps: most confident true and false positives", _gallery(gallery)),
+        ("Model card", _model_card(m)),
+    ]
+    body = "".join(f"<h2>{escape(t)}</h2>{html}" for t, html in sections)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>cxrkit evaluation report</title><style>{CSS}</style></head><body>"
+            f"<h1>cxrkit evaluation report</h1>{warn}<p class=\"notice\">{escape(RESEARCH_NOTICE)}</p>"
+            f"{body}<p><small>cxrkit {escape(str(m.get('cxrkit_version', '')))}, {escape(str(m.get('created', '')))}"
+            f"</small></p></body></html>\n")

@@ -1,0 +1,32 @@
+"""Explaining predictions: CAM / attention / Grad-CAM heatmaps, boxes from maps, localisation scores, figures.
+
+Public API: :func:`explain_batch`, :func:`explain_images`, :func:`overlay`, :func:`boxes_from_heatmap`,
+:func:`iou`, :func:`iobb`, :func:`evaluate_localisation`, :func:`gallery`. See docs/explain.md.
+"""
+from __future__ import annotations
+
+# Eager (OpenCV only): binding `overlay` here keeps the function, not the submodule of the same name, on the package.
+from cxrkit.explain.boxes import ExplainError, boxes_from_heatmap, iobb, iou
+from cxrkit.explain.overlay import overlay, png_bytes, render_finding
+
+# Lazy so `cxr --help` (which imports cxrkit.explain.cli) does not import torch.
+_LAZY = {
+    "METHODS": "cxrkit.explain.cam",
+    "explain_batch": "cxrkit.explain.cam",
+    "explain_images": "cxrkit.explain.cam",
+    "resolve_method": "cxrkit.explain.cam",
+    "find_target_layer": "cxrkit.explain.gradcam",
+    "evaluate_localisation": "cxrkit.explain.localisation",
+    "gallery": "cxrkit.explain.report",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = ["ExplainError", "boxes_from_heatmap", "iobb", "iou", "overlay", "png_bytes", "render_finding", *_LAZY]

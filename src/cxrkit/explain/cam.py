@@ -1,0 +1,193 @@
+"""Heatmaps for a bundle's findings: exact CAM, attention maps, and the dispatch to Grad-CAM / Grad-CAM++.
+
+Every map is float32 in [0, 1] (divided by its own maximum, or min-max normalised for Grad-CAM), at the size of the
+image it explains. Images go through the predictor's own geometry (``fit_square`` to ``preresize``, then
+``to_model_input``), so a map shows what the model saw; the padding is cropped off again on the way back.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
+
+METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention")
+
+
+def _models(predictor) -> list:
+    """The single predictor, or an ensemble's member predictors (their maps are averaged)."""
+    members = getattr(predictor, "members", None)
+    if members:
+        return list(members)
+    if not hasattr(predictor, "model"):
+        raise ExplainError(f"{type(predictor).__name__} has no model to explain; pass a cxrkit.bundle.Predictor")
+    return [predictor]
+
+
+def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
+    """The concrete method for ``model``: "auto" is CAM for a linear head (exact), the head's own maps for an
+    attention head, Grad-CAM for anything else."""
+    if method not in METHODS:
+        raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
+    head = getattr(model, "head_type", None)
+    if method == "auto":
+        return {"linear": "cam", "attention": "attention"}.get(head, "gradcam")
+    if method == "attention" and head != "attention":
+        raise ExplainError(f"method 'attention' needs an attention-head model, this one has head {head!r}; use "
+                           "'cam', 'gradcam' or 'auto'")
+    if method == "cam" and head not in ("linear", "attention"):
+        raise ExplainError("method 'cam' needs a cxrkit linear or attention head on a feature map; use 'gradcam'")
+    return method
+
+
+def class_maps(model: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Tensor:
+    """Feature-resolution maps of every class (B x C x h x w, >= 0, unnormalised), ``method`` "cam" or "attention".
+
+    CAM (Zhou et al. 2016) for global-average-pooling + linear: M_c = ReLU(sum_k w_ck f_k), the map whose mean is the
+    logit minus its bias. For the attention head the same decomposition gives each location's contribution to the
+    logit, a_c(s) * (w_c . f(s)); "attention" returns a_c itself.
+    """
+    out = model.forward_all(x)
+    if method == "attention":
+        return out["attention"].float()
+    feats = out["features"].float()
+    if model.head_type == "linear":
+        return torch.relu(torch.einsum("cf,bfhw->bchw", model.head.fc.weight.float(), feats))
+    contrib = torch.einsum("cf,bfhw->bchw", model.head.weight.float(), feats) * out["attention"].float()
+    return torch.relu(contrib)
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return (maps / peak).clamp_(0.0, 1.0)
+
+
+def _to_square(maps: torch.Tensor, size: int) -> np.ndarray:
+    """K x h x w maps (feature map or model input resolution) -> K x size x size in [0, 1]. Either map spans the
+    whole preresize square, so a plain bilinear resize aligns it."""
+    maps = F.interpolate(maps.float().cpu().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
+    return _normalise(maps.squeeze(1)).numpy()
+
+
+def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: np.ndarray, method: str,
+                 batch_size: int) -> np.ndarray:
+    """One map per (image_idx[k], classes[k]) pair from a single predictor; images are square_u8 (n x P x P)."""
+    model = member.model
+    concrete = resolve_method(model, method)
+    size = square_u8.shape[-1]
+    out = np.empty((len(classes), size, size), dtype=np.float32)
+    if concrete in ("gradcam", "gradcam++"):
+        from cxrkit.explain.gradcam import gradcam_maps
+
+        for s in range(0, len(classes), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(square_u8[image_idx[s:s + batch_size]])).unsqueeze(1)
+            maps = gradcam_maps(model, member.model_input(batch).float(), classes[s:s + batch_size].tolist(),
+                                plus_plus=concrete == "gradcam++")
+            out[s:s + batch_size] = _to_square(torch.from_numpy(maps), size)
+        return out
+    # CAM / attention: one forward per image gives every class's map, however many findings are asked for
+    for s in range(0, len(square_u8), batch_size):
+        sel = np.flatnonzero((image_idx >= s) & (image_idx < s + batch_size))
+        if not len(sel):
+            continue
+        batch = torch.from_numpy(np.ascontiguousarray(square_u8[s:s + batch_size])).unsqueeze(1)
+        with torch.no_grad():
+            maps = class_maps(model, member.model_input(batch), concrete)
+        pick = maps[torch.as_tensor(image_idx[sel] - s), torch.as_tensor(classes[sel])]
+        out[sel] = _to_square(pick, size)
+    return out
+
+
+def _explain_pairs(predictor, square_u8: np.ndarray, image_idx, classes, method: str,
+                   batch_size: int) -> np.ndarray:
+    """Maps (K x P x P) for (image, class) pairs of images already at the preresize size. An ensemble's maps are its
+    members' maps averaged with the ensemble's weights (each member explained with its own method under "auto")
+    and renormalised."""
+    image_idx, classes = np.asarray(image_idx, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    if batch_size < 1:
+        raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
+    members = _models(predictor)
+    if len(members) == 1:
+        return _member_maps(members[0], square_u8, image_idx, classes, method, batch_size)
+    weights = getattr(predictor, "weights", None)
+    weights = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    total = np.zeros((len(classes), *square_u8.shape[1:]), dtype=np.float32)
+    for member, weight in zip(members, weights):
+        total += np.float32(weight) * _member_maps(member, square_u8, image_idx, classes, method, batch_size)
+    return _normalise(torch.from_numpy(total)).numpy()
+
+
+def _check_classes(predictor, classes: Sequence[int], n: int) -> list[int]:
+    classes = [int(c) for c in np.asarray(classes).reshape(-1)]
+    if len(classes) != n:
+        raise ExplainError(f"class_indices has {len(classes)} entries for {n} images; give one finding index per image")
+    c = len(predictor.label_names)
+    bad = [k for k in classes if not 0 <= k < c]
+    if bad:
+        raise ExplainError(f"finding indices {bad[:5]} are out of range for a model with {c} findings "
+                           f"({', '.join(predictor.label_names)})")
+    return classes
+
+
+def explain_batch(predictor, images_u8: np.ndarray, class_indices: Sequence[int], method: str = "auto",
+                  batch_size: int = 16) -> np.ndarray:
+    """Heatmaps for N same-sized uint8 grey images (N x H x W, e.g. cache images), one finding index per image.
+
+    Returns N x H x W float32 in [0, 1]. ``method``: "auto" (CAM for linear heads, attention maps for attention
+    heads), "cam", "gradcam", "gradcam++" or "attention". Images that are not at the predictor's ``preresize``
+    size are brought to it with ``fit_square`` and the maps mapped back.
+    """
+    images = np.asarray(images_u8)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ExplainError(f"images_u8 must be an N x H x W uint8 array, got {images.dtype} {images.shape}")
+    classes = _check_classes(predictor, class_indices, len(images))
+    n, h, w = images.shape
+    p = _models(predictor)[0].preresize
+    if n == 0:
+        return np.zeros((0, h, w), dtype=np.float32)
+    if (h, w) == (p, p):
+        return _explain_pairs(predictor, images, np.arange(n), classes, method, batch_size)
+    square = predictor.to_uint8_batch(images).squeeze(1).numpy()
+    maps = _explain_pairs(predictor, square, np.arange(n), classes, method, batch_size)
+    fit = square_fit_geometry(h, w, p)
+    return np.stack([unfit_map(m, fit, h, w) for m in maps]).clip(0.0, 1.0)
+
+
+def finding_indices(predictor, findings: Sequence[str] | None) -> list[int]:
+    """Indices of finding names (all findings when None); an unknown name is an error listing the known ones."""
+    names = list(predictor.label_names)
+    if findings is None:
+        return list(range(len(names)))
+    unknown = [f for f in findings if f not in names]
+    if unknown:
+        raise ExplainError(f"unknown finding(s) {unknown}; this model knows {', '.join(names)}")
+    return [names.index(f) for f in findings]
+
+
+def explain_images(predictor, images: Sequence[np.ndarray], findings: Sequence[str] | None = None,
+                   method: str = "auto", batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Heatmaps at each image's ORIGINAL size: one ``{finding: H x W float32 map}`` dict per image.
+
+    ``images``: uint8 grey arrays of any size (what :func:`cxrkit.data.read_image` returns). ``findings``: names
+    to explain (all of the model's findings when None).
+    """
+    idx = finding_indices(predictor, findings)
+    if not images or not idx:
+        return [{} for _ in images]
+    square = predictor.to_uint8_batch(list(images)).squeeze(1).numpy()
+    pairs = [(i, c) for i in range(len(images)) for c in idx]
+    maps = _explain_pairs(predictor, square, [i for i, _ in pairs], [c for _, c in pairs], method, batch_size)
+    p = square.shape[-1]
+    out: list[dict[str, np.ndarray]] = [{} for _ in images]
+    for (i, c), m in zip(pairs, maps):
+        h, w = np.asarray(images[i]).shape
+        out[i][predictor.label_names[c]] = unfit_map(m, square_fit_geometry(h, w, p), h, w).clip(0.0, 1.0)
+    return out
+
+
+def concrete_method(predictor, method: str = "auto") -> str:
+    """The method ``explain_*`` will actually run for this predictor (resolves "auto"; errors early)."""
+    return resolve_method(_models(predictor)[0].model, method)

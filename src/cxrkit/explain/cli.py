@@ -1,0 +1,157 @@
+"""`cxr explain`: heatmap figures, boxes and an HTML contact sheet for image files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+RESULTS_NAME = "explanations.json"
+IMAGE_RESULT = "explanation.json"
+
+
+def _parse_threshold(text: str) -> float | str:
+    from cxrkit.explain.boxes import ExplainError
+
+    if text == "otsu":
+        return "otsu"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ExplainError(f"--box-threshold must be a number in (0, 1] or 'otsu', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ExplainError(f"--box-threshold must be in (0, 1] (a fraction of the map's maximum), got {value}")
+    return value
+
+
+def _safe_name(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "image"
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = _safe_name(p.stem)
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def explain_file(predictor, path: Path, folder: Path, request: dict) -> dict:
+    """Explain one image file into ``folder`` (one PNG per finding + explanation.json); returns its record.
+
+    A folder whose explanation.json was written for the same request is reused (an interrupted run resumes)."""
+    import json
+
+    import numpy as np
+
+    from cxrkit.data.decode import read_image
+    from cxrkit.explain.boxes import boxes_from_heatmap
+    from cxrkit.explain.cam import explain_images
+    from cxrkit.explain.overlay import render_finding, write_png
+
+    done = folder / IMAGE_RESULT
+    if done.is_file():
+        try:
+            record = json.loads(done.read_text())
+            if record.get("request") == request and all((folder.parent / f["png"]).is_file()
+                                                        for f in record["findings"].values()):
+                return record
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            pass  # damaged or foreign: explain again
+    image = read_image(path)
+    probs = predictor.predict([image])[0]
+    names = list(predictor.label_names)
+    if request["findings"]:
+        chosen = list(request["findings"])
+    else:
+        chosen = [names[i] for i in np.argsort(-probs, kind="stable")[: request["top_k"]]]
+    maps = explain_images(predictor, [image], chosen, method=request["method"])[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    findings = {}
+    for name in chosen:
+        p = float(probs[names.index(name)])
+        boxes = boxes_from_heatmap(maps[name], request["box_threshold"])
+        png = folder / f"{_safe_name(name)}.png"
+        write_png(png, render_finding(image, maps[name], boxes, name, p, method=request["concrete_method"]))
+        findings[name] = {"prob": p, "png": f"{folder.name}/{png.name}",
+                          "boxes": [{"x": b[0], "y": b[1], "w": b[2], "h": b[3], "score": round(b[4], 4)}
+                                    for b in boxes]}
+    record = {"image": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
+              "probabilities": {n: float(v) for n, v in zip(names, probs)},
+              "thresholds": {n: float(t) for n, t in zip(names, predictor.thresholds)},
+              "findings": findings, "request": request}
+    tmp = done.with_name(f".{done.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(done)
+    return record
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    @app.command("explain")
+    def explain_cmd(
+        bundle: Path = typer.Argument(..., help="Model bundle directory (cxr train writes RUN_DIR/bundle)."),
+        images: List[Path] = typer.Argument(..., help="PNG, JPEG or DICOM files."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
+                                 f"{RESULTS_NAME}, index.html."),
+        method: str = typer.Option("auto", help="auto | cam | gradcam | gradcam++ | attention"),
+        findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
+                                               "Effusion,Cardiomegaly (default: the top-k by probability)."),
+        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings "
+                                            "(default 3)."),
+        box_threshold: str = typer.Option("0.5", help="Boxes cover pixels >= this fraction of the map's peak, or "
+                                          "'otsu'."),
+        device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    ) -> None:
+        """Heatmaps with boxes for each finding, a JSON of boxes and probabilities, and an index.html sheet."""
+        import json
+
+        from rich.console import Console
+        from rich.progress import Progress
+
+        from cxrkit import RESEARCH_NOTICE
+        from cxrkit.bundle import load_bundle
+        from cxrkit.data.errors import CxrError
+        from cxrkit.explain.boxes import ExplainError
+        from cxrkit.explain.cam import concrete_method, finding_indices
+        from cxrkit.explain.overlay import contact_sheet_html
+
+        console = Console(stderr=True)
+        typer.echo(RESEARCH_NOTICE)
+        if findings and top_k:
+            raise ExplainError("give either --findings or --top-k, not both")
+        predictor = load_bundle(bundle, device=device)
+        chosen = [f.strip() for f in findings.split(",") if f.strip()] if findings else None
+        if chosen is not None:
+            finding_indices(predictor, chosen)  # unknown names fail before any work
+        request = {"bundle": str(Path(bundle).resolve()), "method": method,
+                   "concrete_method": concrete_method(predictor, method), "findings": chosen,
+                   "top_k": None if chosen else min(top_k or 3, len(predictor.label_names)),
+                   "box_threshold": _parse_threshold(box_threshold)}
+        out.mkdir(parents=True, exist_ok=True)
+        records, entries = [], []
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("explaining", total=len(images))
+            for path, stem in zip(images, _unique_stems(list(images))):
+                try:
+                    rec = explain_file(predictor, Path(path), out / stem, request)
+                    records.append(rec)
+                    entries.append({"image": Path(path).name, "figures": [
+                        {"finding": n, "prob": f["prob"], "png": f["png"], "boxes": len(f["boxes"])}
+                        for n, f in rec["findings"].items()]})
+                except CxrError as exc:  # a bad file is reported and skipped, the others still get explained
+                    console.print(f"[yellow]skipped[/] {path}: {exc}")
+                    records.append({"image": str(path), "error": str(exc)})
+                    entries.append({"image": Path(path).name, "error": str(exc)})
+                bar.advance(task)
+        (out / RESULTS_NAME).write_text(json.dumps({"notice": RESEARCH_NOTICE, "request": request,
+                                                    "images": records}, indent=2))
+        (out / "index.html").write_text(contact_sheet_html(entries, title=f"cxrkit explanations ({bundle})"))
+        n_bad = sum("error" in r for r in records)
+        typer.echo(f"explained {len(records) - n_bad} image(s), skipped {n_bad}; wrote {out / 'index.html'} and "
+                   f"{out / RESULTS_NAME}")
+        if n_bad == len(records):
+            raise ExplainError("no image could be explained (see the reasons above)")

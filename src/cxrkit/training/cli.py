@@ -1,0 +1,105 @@
+"""`cxr train` and `cxr bench train`: thin shells over :func:`cxrkit.training.train` and the benchmark."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_command(
+    cache: Path = typer.Argument(..., help="Prepared cache folder (from `cxr prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, history, TensorBoard, bundle/."),
+    arch: Optional[str] = typer.Option(None, help="Architecture (default densenet121; see `cxrkit.models.list_models`)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 10)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML or JSON file of TrainConfig settings."),
+    preset: Optional[str] = typer.Option(None, help="'cpu-demo': the small CPU recipe of docs/training.md."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per micro-batch per process (16)."),
+    accum_steps: Optional[int] = typer.Option(None, "--accum-steps", help="Micro-batches per optimiser step (1)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (1e-3)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", "--size", help="Model input side in px (224)."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
+    select: Optional[str] = typer.Option(None, help="Best checkpoint by validation 'auroc' (default) or 'loss'."),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after N epochs without improvement (5)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
+                                                   help="Also checkpoint every N optimiser steps (0: epoch ends)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap optimiser steps per epoch."),
+    seed: Optional[int] = typer.Option(None, help="Seed of init, shuffling and augmentation (0)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    pretrained: Optional[str] = typer.Option(None, help="Local weights file, a bundle folder, or 'hub'."),
+    head: Optional[str] = typer.Option(None, help="linear (default) | attention."),
+    normal_head: Optional[bool] = typer.Option(None, "--normal-head/--no-normal-head"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="CPU threads for torch."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="torch.use_deterministic_algorithms (exact CPU resume)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or epoch lines."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard"),
+) -> None:
+    """Train a classifier on a prepared cache (CheXNet recipe by default); ends with RUN_DIR/bundle."""
+    from cxrkit import RESEARCH_NOTICE
+    from cxrkit.training.config import check_resume_compatible, read_config_file, resolve_config
+    from cxrkit.training.engine import CONFIG_NAME, train
+
+    explicit = {"cache": str(cache), "out": str(out), "arch": arch, "epochs": epochs, "preset": preset,
+                "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
+                "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
+                "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
+                "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
+                "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
+                "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard}
+    stored = out / CONFIG_NAME
+    if resume and stored.is_file():
+        given = {**(read_config_file(config) if config else {}), **{k: v for k, v in explicit.items() if v is not None}}
+        cfg = check_resume_compatible(json.loads(stored.read_text()), given)
+    else:
+        cfg = resolve_config(config, **explicit, resume=resume or None)
+    result = train(cfg)
+    typer.echo(f"best validation {cfg.select}: {result.best_metric:.4f} (epoch {result.best_epoch + 1}); "
+               f"bundle: {result.bundle_dir}")
+    typer.echo(RESEARCH_NOTICE)
+
+
+def bench_train_command(
+    cache: Optional[Path] = typer.Option(None, help="Cache to read (default: build a phantom one)."),
+    source: Optional[Path] = typer.Option(None, help="Dataset folder (any format cxr prepare reads) to cache and "
+                                                     "read; default: a phantom set built in --work-dir."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where to build inputs (default: a temp dir)."),
+    arch: str = typer.Option("densenet121", help="Architecture of the cxrkit path."),
+    size: int = typer.Option(224, help="Model input side (px) for both paths."),
+    batch: int = typer.Option(256, help="cxrkit batch size."),
+    ref_batch: int = typer.Option(16, "--ref-batch", help="Reference recipe batch size (CheXNet: 16)."),
+    steps: int = typer.Option(30, help="Timed steps (after warm-up) for each path."),
+    warmup: int = typer.Option(5, help="Untimed warm-up steps."),
+    precision: str = typer.Option("auto", help="cxrkit path precision (auto: bf16 on GPU)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Default: on with CUDA."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
+    workers: Optional[int] = typer.Option(None, help="Reference DataLoader workers (default: all cores)."),
+    n_images: Optional[int] = typer.Option(None, "--n-images", help="Phantom images to build when none are given."),
+    png_size: Optional[int] = typer.Option(None, "--png-size", help="Phantom PNG side (default 1024 on GPU)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    skip_reference: bool = typer.Option(False, "--skip-reference", help="Only time the cxrkit path."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the result as JSON here."),
+) -> None:
+    """Training throughput: cxrkit (cache, on-device aug, AMP, channels_last, compile) vs the reference CheXNet
+    recipe (PIL + torchvision transforms, fp32, batch 16); prints both img/s and the ratio."""
+    from cxrkit.training.bench import BenchSpec, format_result, run_bench
+
+    spec = BenchSpec(cache=cache, source=source, work_dir=work_dir, arch=arch, size=size, batch=batch,
+                     ref_batch=ref_batch, steps=steps, warmup=warmup, precision=precision, compile=compile,
+                     channels_last=channels_last, workers=workers, n_images=n_images, png_size=png_size, device=device,
+                     skip_reference=skip_reference)
+    result = run_bench(spec)
+    typer.echo(format_result(result))
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Add `cxr train` and `cxr bench train`."""
+    app.command("train")(train_command)
+    groups["bench"].command("train")(bench_train_command)

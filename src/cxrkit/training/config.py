@@ -1,0 +1,186 @@
+"""The training configuration: CheXNet defaults, a CPU demo preset, file loading (TOML/JSON) and CLI overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cxrkit.data.errors import CxrError
+
+
+class ConfigError(CxrError):
+    """A training configuration (file or option) is invalid."""
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SELECT = ("auroc", "loss")
+# Keys a resumed run may change: they do not alter what is computed, only how long or how loudly.
+RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_patience", "tensorboard",
+                            "num_threads", "log_every", "resume", "out", "cache"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults follow CheXNet (Rajpurkar et al. 2017): DenseNet-121 at
+    224 px, class-weighted BCE, Adam 1e-3, LR x0.1 when the validation loss plateaus, best model by validation
+    AUROC. ``batch_size * accum_steps * world_size`` is the effective batch."""
+
+    cache: str = ""
+    out: str = ""
+    arch: str = "densenet121"
+    pretrained: str | None = None
+    head: str = "linear"
+    normal_head: bool = False
+    drop_rate: float = 0.0
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 16
+    accum_steps: int = 1
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_factor: float = 0.1
+    lr_patience: int = 1
+    early_stop_patience: int | None = 5
+    select: str = "auroc"
+    pos_weight: bool = True
+    augment: bool = True
+    hflip: bool = True
+    rotate_deg: float = 7.0
+    translate: float = 0.05
+    scale: float = 0.05
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 0
+    max_steps_per_epoch: int | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    label_names: list[str] | None = None
+    cache_size: int | None = None
+    num_threads: int | None = None
+    deterministic: bool = False
+    quiet: bool = False
+    tensorboard: bool = True
+    log_every: int = 10
+    resume: bool = False
+    preset: str | None = None
+
+    @classmethod
+    def demo_preset(cls, **overrides: Any) -> "TrainConfig":
+        """The CPU demo recipe (docs/training.md): a small ResNet at 128 px that reaches phantom test mean AUROC
+        >= 0.9 in about five minutes on two CPU cores."""
+        base = dict(arch="resnet10t", image_size=128, epochs=6, batch_size=32, accum_steps=1, lr=2e-3,
+                    lr_patience=1, early_stop_patience=None, precision="fp32", channels_last=True,
+                    rotate_deg=5.0, translate=0.04, scale=0.04, preset="cpu-demo")
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and choices; returns self so it chains. Raises :class:`ConfigError`."""
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.select not in SELECT:
+            problems.append(f"select must be one of {SELECT}, got {self.select!r}")
+        for name in ("epochs", "batch_size", "accum_steps", "image_size"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr_factor < 1:
+            problems.append(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if self.checkpoint_every < 0:
+            problems.append("checkpoint_every must be >= 0 (0: only at epoch ends)")
+        if len(tuple(self.betas)) != 2:
+            problems.append(f"betas must be two numbers, got {self.betas!r}")
+        if not self.cache:
+            problems.append("no cache given: pass the folder `cxr prepare` wrote")
+        if not self.out:
+            problems.append("no output run folder given (--out)")
+        if problems:
+            raise ConfigError("invalid training config: " + "; ".join(problems))
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+        data = dict(data)
+        if data.get("preset") == "cpu-demo":
+            return cls.demo_preset(**{k: v for k, v in data.items() if k != "preset"})
+        if data.get("preset") not in (None, "cpu-demo"):
+            raise ConfigError(f"unknown preset {data['preset']!r}; the only preset is 'cpu-demo'")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml) or JSON config file into a flat dict of TrainConfig keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"could not parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    # a [train] table is accepted so one TOML can hold several sections
+    return dict(data.get("train", data))
+
+
+def resolve_config(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """File values, then explicit overrides (None means 'not given'); validated."""
+    data = read_config_file(file) if file else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data).validate()
+
+
+def check_resume_compatible(stored: dict[str, Any], explicit: dict[str, Any]) -> TrainConfig:
+    """A resumed run keeps its stored config; explicitly given settings may only change harmless keys
+    (:data:`RESUME_MUTABLE`), anything else that differs is refused."""
+    merged = dict(stored)
+    clash = []
+    for key, value in explicit.items():
+        if value is None:
+            continue
+        if key in RESUME_MUTABLE:
+            merged[key] = value
+        elif _norm(value) != _norm(stored.get(key)):
+            clash.append(f"{key}: run has {stored.get(key)!r}, given {value!r}")
+    if clash:
+        raise ConfigError("cannot resume with a different configuration (" + "; ".join(clash) + "); start a new run "
+                          "folder or drop these options")
+    merged["resume"] = True
+    return TrainConfig.from_dict(merged).validate()
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """dataclasses.replace, re-exported so callers need not import dataclasses."""
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["ConfigError", "TrainConfig", "read_config_file", "resolve_config", "check_resume_compatible", "replace"]

@@ -1,0 +1,64 @@
+"""The end of a run: best weights + validation thresholds + provenance -> RUN_DIR/bundle."""
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+import cxrkit
+from cxrkit.training.config import TrainConfig
+from cxrkit.training.thresholds import THRESHOLD_POLICY, youden_thresholds
+
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "safetensors", "opencv-python-headless")
+
+
+def git_commit() -> str | None:
+    """HEAD of the git checkout cxrkit is imported from (None when installed from a wheel or git is absent)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(cxrkit.__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {"cxrkit": cxrkit.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Path:
+    """Load the best weights into the model and save the bundle with thresholds chosen on validation."""
+    from safetensors.torch import load_file
+
+    from cxrkit.bundle import save_bundle
+    from cxrkit.training.engine import BEST_WEIGHTS, VAL_PREDICTIONS
+
+    model = trainer.model
+    model.load_state_dict(load_file(str(run_dir / "checkpoints" / BEST_WEIGHTS)))
+    with np.load(run_dir / VAL_PREDICTIONS, allow_pickle=False) as val:
+        labels, probs = val["labels"], val["probs"]
+    names = list(cache.label_names)
+    best = next((h for h in s["history"] if h["epoch"] == s["best_epoch"]), {})
+    provenance = {
+        "git_commit": git_commit(),
+        "data_manifest_hash": cache.manifest.get("content_hash"),
+        "data_source": cache.manifest.get("source"),
+        "data_cache": str(Path(cache.path).resolve()),
+        "package_versions": package_versions(),
+        "train_config": cfg.to_dict(),
+        "seed": cfg.seed,
+    }
+    metrics = {"split": cfg.val_split, "epoch": best.get("epoch"), "mean_auroc": best.get("val_mean_auroc"),
+               "auroc": best.get("val_auroc"), "val_loss": best.get("val_loss"), "select": cfg.select}
+    return save_bundle(run_dir / "bundle", model, label_names=names, input_size=cfg.image_size,
+                       preresize=cache.size, mean=trainer.mean, std=trainer.std,
+                       thresholds=youden_thresholds(labels, probs, names), provenance=provenance, metrics=metrics,
+                       extra={"threshold_policy": THRESHOLD_POLICY})

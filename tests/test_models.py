@@ -1,0 +1,110 @@
+"""The model registry: every listed architecture, both heads, the normal head, pretrained weights from files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrkit.data.errors import CxrError
+from cxrkit.models import create_model, list_models, to_model_input
+from cxrkit.models.pretrained import PretrainedError
+
+torch.set_num_threads(1)
+
+ARCHS = ["densenet121", "resnet50", "vgg19_bn", "inception_v3", "mobilenetv2", "mobilenetv3", "efficientnet_b0",
+         "efficientnet_b3", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_listed_arch_builds_and_runs(arch):
+    assert arch in list_models()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(arch, 14).eval()
+    side = 80 if arch == "inception_v3" else 64  # inception's stem needs >= 75 px
+    with torch.inference_mode():
+        out = model(torch.randn(1, 1, side, side))
+    assert out.shape == (1, 14) and torch.isfinite(out).all()
+
+
+def test_attention_head_maps_and_normal_head():
+    model = create_model("resnet10t", 5, head="attention", normal_head=True).eval()
+    with torch.inference_mode():
+        out = model.forward_all(torch.randn(2, 1, 64, 64))
+    b, f, h, w = out["features"].shape
+    assert out["logits"].shape == (2, 5) and out["abnormal_logit"].shape == (2,)
+    assert out["attention"].shape == (2, 5, h, w)
+    torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(2, 5))
+    assert model.spec() == {"arch": "resnet10t", "num_classes": 5, "in_chans": 1, "head": "attention",
+                            "normal_head": True, "drop_rate": 0.0}
+    plain = create_model("resnet10t", 5).eval()
+    with torch.inference_mode():
+        o = plain.forward_all(torch.randn(2, 1, 64, 64))
+    assert o["attention"] is None and o["abnormal_logit"] is None
+
+
+def test_pretrained_torchvision_pth_into_densenet(tmp_path):
+    from torchvision.models import densenet121
+
+    ref = densenet121(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "densenet121.pth")
+    model = create_model("densenet121", 14, pretrained=tmp_path / "densenet121.pth")
+    ours = model.backbone.features.state_dict()
+    theirs = ref.features.state_dict()
+    # the RGB stem is summed over channels: exact for a grey image (R = G = B)
+    torch.testing.assert_close(ours["conv0.weight"], theirs["conv0.weight"].sum(1, keepdim=True))
+    for k in ("denseblock4.denselayer16.conv2.weight", "norm5.running_var", "denseblock1.denselayer1.norm1.weight"):
+        assert torch.equal(ours[k], theirs[k])
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        grey = model.eval().backbone(x)
+        rgb = torch.relu(ref.eval().features(x.expand(1, 3, 64, 64)))
+    torch.testing.assert_close(grey, rgb, rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_timm_safetensors(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "r.safetensors"))
+    model = create_model("resnet10t", 3, pretrained=tmp_path / "r.safetensors")
+    ours = model.backbone.model.state_dict()
+    for k, v in ref.state_dict().items():
+        if k.startswith("fc."):
+            continue  # the ImageNet classifier is not part of the backbone
+        expect = v.sum(1, keepdim=True) if k == "conv1.0.weight" else v
+        assert torch.equal(ours[k], expect), k
+
+
+def test_pretrained_from_bundle_dir(tmp_path):
+    from cxrkit.bundle import save_bundle
+
+    src = create_model("resnet10t", 14)
+    save_bundle(tmp_path / "b", src, label_names=[f"c{i}" for i in range(14)], input_size=64, mean=0.449, std=0.226)
+    model = create_model("resnet10t", 2, pretrained=tmp_path / "b")
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v)
+
+
+def test_pretrained_errors(tmp_path):
+    with pytest.raises(PretrainedError, match="does not exist"):
+        create_model("resnet10t", 14, pretrained=tmp_path / "missing.pth")
+    import timm
+
+    torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(PretrainedError, match="right file"):
+        create_model("densenet121", 14, pretrained=tmp_path / "resnet.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedError, match="could not read"):
+        create_model("resnet10t", 14, pretrained=tmp_path / "junk.pth")
+    with pytest.raises(CxrError, match="unknown architecture"):
+        create_model("resnet9000", 14)
+    with pytest.raises(CxrError, match="num_classes"):
+        create_model("resnet10t", 0)
+
+
+def test_to_model_input_resizes_and_normalises():
+    u8 = torch.full((2, 1, 32, 32), 255, dtype=torch.uint8)
+    x = to_model_input(u8, 16, mean=0.5, std=0.25)
+    assert x.shape == (2, 1, 16, 16) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.full_like(x, 2.0))
