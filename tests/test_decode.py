@@ -246,6 +246,12 @@ def test_jpeg_with_thousands_of_scans_is_refused():
         decode_bytes(jpeg[:-2] + b"\xff\xda\x00\x02" * 1001 + b"\xff\xd9")
 
 
+def test_header_walks_are_capped():
+    too_many_segments = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 10_001 + b"\xff\xd9"
+    with pytest.raises(ImageError, match="more than 10000 segments"):
+        decode_bytes(too_many_segments)
+
+
 # -- truncation and corruption -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
 def test_truncated_real_png_is_refused(real_png, fraction):

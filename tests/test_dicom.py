@@ -13,11 +13,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.pixels.encoders import JPEG2000LosslessEncoder, JPEGLSLosslessEncoder, RLELosslessEncoder
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid,
+)
 
 from cxrkit.data.decode import DecodeLimits, decode_bytes, read_image, read_image_with_meta
 from cxrkit.data.dicom import decode_dicom, dicom_meta, is_chest_radiograph_header, parse_age
 from cxrkit.data.errors import ImageError
+
+# Damaged and deliberately non-standard test files make pydicom warn; the warnings are expected here.
+pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
+              pytest.mark.filterwarnings("ignore:End of file reached before delimiter"),
+              pytest.mark.filterwarnings("ignore:The decoded RLE segment")]
+
+_ENCODERS = {RLELossless: RLELosslessEncoder, JPEG2000Lossless: JPEG2000LosslessEncoder,
+             JPEGLSLossless: JPEGLSLosslessEncoder}
+
+
+def encodings(*syntaxes):
+    """Parameters for tests that encode with pydicom: JPEG-LS needs pyjpegls, JPEG 2000 pylibjpeg-openjpeg."""
+    ids = {RLELossless: "rle", JPEG2000Lossless: "j2k", JPEGLSLossless: "jpegls"}
+    return [pytest.param(s, id=ids[s], marks=pytest.mark.skipif(
+        not _ENCODERS[s].is_available, reason=f"pydicom cannot encode {s.name} here (install pyjpegls / "
+                                              "pylibjpeg-openjpeg)")) for s in syntaxes]
+
 
 META_KEYS = {"view", "sex", "age", "pixel_spacing", "modality", "body_part", "photometric", "bits_stored",
              "source_format", "frames", "mapping"}
@@ -204,7 +224,7 @@ def test_monochrome1_inverts_every_policy(real8, policy):
     np.testing.assert_array_equal(mono1, 255 - mono2)
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless], ids=["rle", "j2k", "jpegls"])
+@pytest.mark.parametrize("syntax", encodings(RLELossless, JPEG2000Lossless, JPEGLSLossless))
 def test_lossless_encodings_match_native(real8, syntax):
     stored = stored12(real8)
     native, _ = decode(make_ds(stored, WindowCenter=2000, WindowWidth=3000))
@@ -290,7 +310,7 @@ def test_huge_rows_columns_are_refused_before_decoding():
     assert elapsed < 0.5 and peak < 2_000_000, (elapsed, peak)
 
 
-@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless, RLELossless], ids=["j2k", "jpegls", "rle"])
+@pytest.mark.parametrize("syntax", encodings(JPEG2000Lossless, JPEGLSLossless, RLELossless))
 def test_codestream_larger_than_rows_columns_is_refused(syntax):
     # A codec decodes to its codestream's own size: a header claiming 64 x 64 must not unpack 128 x 128 pixels.
     big = make_ds(np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) % 4096)
@@ -308,6 +328,24 @@ def test_real_jpeg_frame_must_match_rows_columns(shared_data):
     ds.Rows = 512
     with pytest.raises(ImageError, match="1024 x 1024 pixels but Rows/Columns say 1024 x 512"):
         decode_dicom(ds)
+
+
+def test_deflated_dataset_decodes_and_its_inflated_size_is_capped(real8):
+    ds = make_ds(np.zeros((512, 512), np.uint16))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = to_bytes(ds)
+    assert len(data) < 5000  # 512 KB of pixels deflated
+    assert decode_bytes(data).shape == (512, 512)
+    with pytest.raises(ImageError, match="inflates to more than 100000 bytes"):
+        decode_bytes(data, limits=DecodeLimits(max_bytes=100_000))
+    deflated_real = make_ds(real8, bits=8)
+    deflated_real.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    np.testing.assert_array_equal(decode_bytes(to_bytes(deflated_real)), real8)
+
+
+def test_non_finite_rescale_is_refused(real8):
+    with pytest.raises(ImageError, match="Rescale Slope/Intercept must be finite"):
+        decode(make_ds(stored12(real8), RescaleSlope="nan", RescaleIntercept=0))
 
 
 def test_cut_header_is_refused(real8):
@@ -373,7 +411,13 @@ def _small_dicom(syntax=None) -> bytes:
     return to_bytes(ds)
 
 
-_BASES = [_small_dicom(), _small_dicom(RLELossless), _small_dicom(JPEGLSLossless), _small_dicom(JPEG2000Lossless)]
+def _small_deflated() -> bytes:
+    ds = make_ds(_SMALL, WindowCenter=2000, WindowWidth=3000)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return to_bytes(ds)
+
+
+_BASES = [_small_dicom(), _small_deflated(), *(_small_dicom(s) for s, enc in _ENCODERS.items() if enc.is_available)]
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)

@@ -199,3 +199,15 @@ def test_ensemble_maps_are_the_weighted_mean_of_member_maps():
     mix = 0.75 * explain_batch(a, imgs, [0, 6]) + 0.25 * explain_batch(b, imgs, [0, 6])
     np.testing.assert_allclose(got, mix / mix.max(axis=(1, 2), keepdims=True), atol=1e-5)
     assert concrete_method(ens) == "cam"
+
+
+def test_package_exports_and_light_import():
+    import subprocess
+    import sys
+
+    import cxrkit.explain as ex
+
+    assert ex.explain is explain_images and ex.explain_batch is explain_batch
+    code = "import sys, cxrkit.explain.cli, cxrkit.explain; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # `cxr --help` must not pay for torch

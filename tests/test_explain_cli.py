@@ -110,3 +110,14 @@ def test_cli_user_errors(app, bundle, inputs, tmp_path):
     assert isinstance(res.exception, ExplainError)
     res = run(app, bundle, bad, "--out", tmp_path / "o2")
     assert isinstance(res.exception, ExplainError) and "no image could be explained" in str(res.exception)
+
+
+def test_real_cxr_entry_point_reports_user_errors_in_one_line(bundle, inputs, tmp_path, capsys):
+    from cxrkit.cli import main
+
+    png, _, _ = inputs
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", str(bundle), str(png), "--out", str(tmp_path / "o"), "--findings", "Fracture"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown finding" in err and "Traceback" not in err

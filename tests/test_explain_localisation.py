@@ -147,3 +147,35 @@ def test_gallery_renders_pngs():
     assert img.shape[1] == 64 and img.shape[0] > 64
     with pytest.raises(ExplainError, match="rows"):
         gallery(pred, cache, rows[:3], probs, labels)
+
+
+def test_localisation_on_real_nih_boxes(shared_data, tmp_path):
+    """The 6 NIH sample images that have radiologist boxes, through `prepare` (boxes rescaled to the cache) and
+    evaluate_localisation: every box is scored once, under its own finding."""
+    import shutil
+
+    from cxrkit.data.cache import prepare
+
+    boxes = pd.read_csv(shared_data / "nih-metadata" / "BBox_List_2017.csv.gz")
+    table = pd.read_csv(shared_data / "nih-sample" / "Data_Entry_2017.csv")
+    boxes = boxes[boxes["Image Index"].isin(table["Image Index"])]
+    assert len(boxes) >= 5
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    for name in boxes["Image Index"].unique():
+        shutil.copy(shared_data / "nih-sample" / "images" / name, root / "images" / name)
+    table[table["Image Index"].isin(boxes["Image Index"])].to_csv(root / "Data_Entry_2017.csv", index=False)
+    boxes.to_csv(root / "BBox_List_2017.csv", index=False)
+    cache = prepare(root, tmp_path / "cache", size=64, workers=1, progress=False)
+    assert len(cache.boxes) == len(boxes)
+    first = boxes.iloc[0]
+    got = cache.boxes[cache.boxes["image_id"] == first["Image Index"]].iloc[0]
+    assert got["x"] == pytest.approx(first.iloc[2] * 64 / 1024, abs=0.01)  # 1024-px frame -> 64-px cache
+
+    res = evaluate_localisation(brightness_predictor(64), cache, method="cam", progress=False)
+    assert res["all"]["n_boxes"] == len(boxes)
+    assert {k for k in res if k != "all"} == set(boxes["Finding Label"])
+    for name, r in res.items():
+        assert 0.0 <= r["mean_best_iou"] <= r["mean_best_iobb"] + 1e-9 <= 1.0 + 1e-9, name
+        for t in (0.1, 0.25, 0.5, 0.75, 0.9):
+            assert r[f"acc_iobb@{t:g}"] >= r[f"acc_iou@{t:g}"], name

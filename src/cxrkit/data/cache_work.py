@@ -136,7 +136,7 @@ def run_chunks(job: DecodeJob, todo, progress_dir: Path, *, workers: int, total:
             nonlocal bad
             _, start, stop = bounds[c]
             atomic_write_json(marker_path(progress_dir, c), {"start": start, "stop": stop, "fields": ROW_FIELDS,
-                                                             "rows": rows})
+                                                             "rows": rows}, sync_dir=False)
             results[c] = rows
             bad += sum(1 for r in rows if not r[0])
             bar.update(len(rows))

@@ -30,6 +30,7 @@ import io
 import os
 import re
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,9 @@ from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, pixel_array
 from pydicom.pixels.decoders import RLELosslessDecoder
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless,
+)
 
 from cxrkit.data.decode import (
     DecodeLimits, check_pixels, empty_meta, parse_jpeg_header, read_file_bytes, read_header, robust_window,
@@ -80,6 +83,7 @@ def decode_dicom(src: Dataset | bytes | os.PathLike | str, *, limits: DecodeLimi
 
 def decode_checked_bytes(data: bytes, where: str, limits: DecodeLimits) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode bytes that :func:`cxrkit.data.decode.read_header` already sniffed as DICOM and size-checked."""
+    _check_deflated_size(data, where, limits)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -88,6 +92,22 @@ def decode_checked_bytes(data: bytes, where: str, limits: DecodeLimits) -> tuple
     except Exception as exc:  # pydicom raises many types on malformed headers; all mean "bad file"
         raise ImageError(where, f"unreadable DICOM header ({_describe(exc)})") from None
     return _decode_dataset(ds, where, limits)
+
+
+def _check_deflated_size(data: bytes, where: str, limits: DecodeLimits) -> None:
+    """pydicom inflates a Deflated Explicit VR dataset in one go; a small file can inflate to gigabytes, so
+    inflate it once, stopping at ``limits.max_bytes``, before pydicom does."""
+    # File meta starts at 132 with (0002,0000) UL: its 4-byte value is the length of the rest of group 0002.
+    if data[132:138] != b"\x02\x00\x00\x00UL" or DeflatedExplicitVRLittleEndian.encode() not in data[132:1024]:
+        return
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    try:
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end:], limits.max_bytes + 1)
+    except zlib.error as exc:
+        raise ImageError(where, f"corrupt deflated DICOM dataset ({exc})") from None
+    if len(inflated) > limits.max_bytes:
+        raise ImageError(where, f"deflated DICOM dataset inflates to more than {limits.max_bytes} bytes "
+                                "(DecodeLimits.max_bytes); refusing it as a decompression bomb")
 
 
 def _decode_dataset(ds: Dataset, where: str, limits: DecodeLimits) -> tuple[np.ndarray, dict[str, Any]]:
@@ -169,6 +189,9 @@ def _to_uint8(ds: Dataset, where: str) -> tuple[np.ndarray, str]:
 
 
 def _monochrome_to_uint8(ds: Dataset, raw: np.ndarray) -> tuple[np.ndarray, str]:
+    slope, intercept = _get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept")
+    if slope is not None and intercept is not None and not np.isfinite([float(slope), float(intercept)]).all():
+        raise ValueError(f"Rescale Slope/Intercept must be finite numbers, got {slope}/{intercept}")
     values = apply_modality_lut(raw, ds)
     if _has_voi_lut(ds):
         return _voi_lut_to_uint8(ds, values), "voi_lut"
@@ -276,7 +299,8 @@ def is_chest_radiograph_header(meta: dict[str, Any]) -> tuple[bool, str]:
         return True, "no DICOM header to check (PNG/JPEG); assumed a chest radiograph"
     modality, body, view = meta.get("modality"), meta.get("body_part"), meta.get("view")
     if modality is not None and modality not in CHEST_MODALITIES:
-        return False, f"modality {modality} is not a projection radiograph (expected one of {', '.join(CHEST_MODALITIES)})"
+        expected = ", ".join(CHEST_MODALITIES)
+        return False, f"modality {modality} is not a projection radiograph (expected one of {expected})"
     if body is not None and not any(part in body for part in _CHEST_PARTS):
         return False, f"body part examined is {body}, not CHEST"
     if view in LATERAL_VIEWS:

@@ -110,6 +110,10 @@ class CacheLoader:
                 yield images, labels, rows
         finally:
             if isinstance(it, _Prefetch):
+                it.stop.set()
+            if stage is not None:
+                stage.unblock()  # a producer waiting for a staging slot must see the stop, not wait forever
+            if isinstance(it, _Prefetch):
                 it.close()
 
     def _gather(self, rows: np.ndarray):
@@ -144,6 +148,10 @@ class _PinnedRing:
         np.take(self.loader.cache.images, rows, axis=0, out=self.images[k].numpy()[:n, 0], mode="clip")
         np.take(self.loader._labels, rows, axis=0, out=self.labels[k].numpy()[:n], mode="clip")
         return self.images[k][:n], self.labels[k][:n], self.torch.from_numpy(rows), k
+
+    def unblock(self) -> None:
+        for k in range(len(self.images)):
+            self.free.put(k)
 
     def release(self, k: int) -> None:
         event = self.torch.cuda.Event()

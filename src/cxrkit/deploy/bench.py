@@ -204,3 +204,53 @@ def gpu_throughput(bundle: str | Path, batch_size: int = 256, iters: int = 50, p
     dt = time.perf_counter() - t
     return {"img_per_s": batch_size * iters / dt, "batch": batch_size, "precision": precision, "compile": compile,
             "gpu": torch.cuda.get_device_name()}
+
+
+def cpu_report(bundle: str | Path, images: str | Path | None, workdir: str | Path, *, n: int = 64, size: int = 224,
+               threads: int | None = None, backends=("torch-fp32", "onnx-fp32", "onnx-int8"),
+               cache: str | Path | None = None) -> dict[str, Any]:
+    """CPU latency (p50/p99, one image through the whole predictor) and img/s per backend; with a cache, also
+    the mean-AUROC change from ONNX fp32 to INT8 on its test split (calibrated on its train split)."""
+    import torch
+
+    from cxrkit.data.decode import read_image
+    from cxrkit.deploy.export import cache_images, export_onnx, quantize_int8
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.deploy.predict import expand_inputs
+
+    workdir = Path(workdir)
+    if threads:
+        torch.set_num_threads(threads)
+    paths = expand_inputs([images]) if images else make_bench_pngs(workdir / f"pngs_{size}", n, size)
+    paths = paths[:n]
+    fp32_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
+    report: dict[str, Any] = {"bundle": str(bundle), "n_images": len(paths), "threads": torch.get_num_threads(),
+                              "image_size": list(read_image(paths[0]).shape), "backends": {}}
+    if any(b.startswith("onnx") for b in backends) or cache:
+        report["export"] = export_onnx(bundle, fp32_path)
+    calib_source = "cache train split" if cache else "the benchmark images"
+    if "onnx-int8" in backends or cache:
+        calib = cache_images(cache, 128, split="train") if cache else np.stack(
+            [read_image(p) for p in paths[:64]]) if len({read_image(p).shape for p in paths[:64]}) == 1 else None
+        if calib is None:
+            raise CxrError("INT8 calibration from --images needs equal-size images; pass --cache CACHE")
+        quantize_int8(fp32_path, int8_path, calib)
+        report["int8_calibration"] = f"{len(calib)} images from {calib_source}"
+    for name in backends:
+        kind, precision = name.split("-", 1)
+        pred = (load_predictor(bundle, "torch", precision=precision) if kind == "torch" else
+                load_predictor(bundle, "onnx", onnx_file=int8_path if precision == "int8" else fp32_path,
+                               threads=threads or torch.get_num_threads()))
+        report["backends"][name] = {**latency(pred, paths), "img_per_s": throughput(pred, paths)}
+    b = report["backends"]
+    if "onnx-fp32" in b and "onnx-int8" in b:
+        report["int8_speedup_p50"] = b["onnx-fp32"]["p50_ms"] / b["onnx-int8"]["p50_ms"]
+    if cache:
+        from cxrkit.data.cache import open_cache
+
+        c = open_cache(cache)
+        rows = c.rows("test")
+        fp32, int8 = (load_predictor(bundle, "onnx", onnx_file=f) for f in (fp32_path, int8_path))
+        a32, a8 = mean_auroc(fp32, c, rows), mean_auroc(int8, c, rows)
+        report["auroc"] = {"test_images": int(len(rows)), "onnx_fp32": a32, "onnx_int8": a8, "change": a8 - a32}
+    return report

@@ -9,8 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from cxrkit.data.errors import CxrError
-
 
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2))
@@ -179,5 +177,3 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     app.add_typer(gate_app, name="gate")
 
-
-__all__ = ["register", "CxrError"]

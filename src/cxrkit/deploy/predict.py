@@ -33,7 +33,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif not p.exists() and glob.has_magic(str(item)):
-            out += sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            matches = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            out += matches or [p]
         else:
             out.append(p)
     return out
@@ -222,6 +223,8 @@ def run_shard(predictor, paths: Sequence[Path], out: str | Path, *, rank: int = 
     done = read_journal(part(rank))
     todo = [i for i in mine if i not in done or done[i]["path"] != str(paths[i])]
     out.parent.mkdir(parents=True, exist_ok=True)
+    # rewrite the journal from its valid rows: a torn last line would otherwise corrupt the next append
+    part(rank).write_text("".join(json.dumps(done[i]) + "\n" for i in mine if i in done and i not in todo))
     with open(part(rank), "a") as journal:
         for rows in iter_predictions(predictor, [paths[i] for i in todo], indices=todo, **kwargs):
             journal.write("".join(json.dumps(r) + "\n" for r in rows))

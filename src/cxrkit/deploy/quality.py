@@ -40,11 +40,16 @@ class GaussianDensity:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "GaussianDensity":
+        from scipy.linalg import cho_factor, cho_solve
         from sklearn.covariance import LedoitWolf
 
-        lw = LedoitWolf().fit(x)
-        sign, logdet = np.linalg.slogdet(lw.covariance_)
-        return cls(lw.location_.astype(np.float64), lw.precision_.astype(np.float64), logdet)
+        # store_precision=False: sklearn's pinvh (an eigendecomposition) is 10x slower than a Cholesky solve, and
+        # the shrunk covariance is positive definite by construction.
+        lw = LedoitWolf(store_precision=False).fit(x)
+        chol = cho_factor(lw.covariance_)
+        precision = cho_solve(chol, np.eye(x.shape[1]))
+        logdet = 2.0 * np.log(np.diag(chol[0])).sum()
+        return cls(lw.location_.astype(np.float64), precision, logdet)
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
         d = x - self.mean

@@ -27,7 +27,9 @@ def choose_threshold(y: np.ndarray, s: np.ndarray, policy: str) -> float | None:
             f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)[:-1]
         return float(thr[int(np.argmax(f1))])
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    thr = np.minimum(thr, np.nextafter(np.inf, 0))  # sklearn's first threshold is +inf: no positives
+    # sklearn's first threshold is +inf (nothing positive); keep it finite (and float32-safe) just above the top score
+    thr = thr.astype(np.float64)
+    thr[0] = float(np.nextafter(np.float32(s.max()), np.float32(np.inf)))
     if policy == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
     if policy in ("sens_at_spec90", "sens_at_spec95"):

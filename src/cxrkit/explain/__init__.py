@@ -1,6 +1,6 @@
 """Explaining predictions: CAM / attention / Grad-CAM heatmaps, boxes from maps, localisation scores, figures.
 
-Public API: :func:`explain_batch`, :func:`explain_images`, :func:`overlay`, :func:`boxes_from_heatmap`,
+Public API: :func:`explain_batch`, :func:`explain_images` (also ``explain``, the name docs/architecture.md uses), :func:`overlay`, :func:`boxes_from_heatmap`,
 :func:`iou`, :func:`iobb`, :func:`evaluate_localisation`, :func:`gallery`. See docs/explain.md.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from cxrkit.explain.overlay import overlay, png_bytes, render_finding
 
 # Lazy so `cxr --help` (which imports cxrkit.explain.cli) does not import torch.
 _LAZY = {
+    "explain": "cxrkit.explain.cam:explain_images",
     "METHODS": "cxrkit.explain.cam",
     "explain_batch": "cxrkit.explain.cam",
     "explain_images": "cxrkit.explain.cam",
@@ -25,7 +26,8 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attr = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(name)
 
 

@@ -96,7 +96,8 @@ def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: 
         batch = torch.from_numpy(np.ascontiguousarray(square_u8[s:s + batch_size])).unsqueeze(1)
         with torch.no_grad():
             maps = class_maps(model, member.model_input(batch), concrete)
-        pick = maps[torch.as_tensor(image_idx[sel] - s), torch.as_tensor(classes[sel])]
+        pick = maps[torch.as_tensor(image_idx[sel] - s, device=maps.device),
+                    torch.as_tensor(classes[sel], device=maps.device)]
         out[sel] = _to_square(pick, size)
     return out
 

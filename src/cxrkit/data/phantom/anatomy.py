@@ -32,8 +32,8 @@ class Anatomy:
     hilum_s: float            # hilum height as a fraction of lung height
     ctr: float                # cardiothoracic ratio on a PA film (before AP magnification)
     heart_mag: float          # AP films magnify the heart (divergent beam, heart far from the detector)
-    heart_b: float            # heart ellipse semi-axis (vertical-ish)
-    heart_angle: float        # degrees the cardiac long axis tilts toward the apex
+    heart_b: float            # visible cardiac height (top of the right heart border to the diaphragm)
+    heart_angle: float        # cardiac axis in degrees (higher: apex lower and more lateral)
     lung_air: float           # how dark aerated lung is (density removed by air)
     neck_hw: float
     shoulder_hw: float
@@ -103,16 +103,23 @@ class Anatomy:
         return float(self.x(side, self.med[side] + 0.035)), self.top[side] + self.hilum_s * self.height(side)
 
     def heart_polygon(self) -> np.ndarray:
-        """The cardiac silhouette as a rotated ellipse whose widest span is ctr x thoracic width (x AP
-        magnification); its lower part lies under the diaphragm, where it merges with the abdomen."""
-        width = self.ctr * (self.lat[0] + self.lat[1]) * self.heart_mag
+        """The cardiac silhouette: right atrial border close to the spine, left border sweeping out over the left
+        ventricle to the apex on the diaphragm. Its widest span is ctr x thoracic width (x AP magnification);
+        the part drawn below the diaphragm merges with the liver and is not seen."""
+        width = self.ctr * (self.lat[0] + self.lat[1]) * self.heart_mag * 1.02  # smoothing trims the extremes
         right, left = 0.33 * width, 0.67 * width
-        half, b = width / 2, self.heart_b * self.heart_mag ** 0.5
-        th = np.deg2rad(self.heart_angle)
-        a = np.sqrt(max(half**2 - (b * np.sin(th)) ** 2, (0.3 * half) ** 2) / np.cos(th) ** 2)
-        cx = 0.5 + (left - right) / 2
-        cy = self.medial_diaphragm_y() - 0.5 * b
-        return ellipse_pts(cx, cy, a, b, self.heart_angle, n=48)
+        h = self.heart_b * self.heart_mag ** 0.5
+        y_md = self.medial_diaphragm_y()
+        top = y_md - h
+        tilt = (self.heart_angle - 18) / 100  # how far down the left ventricle bulges
+        pts = np.array([
+            (0.5 - 0.03, top - 0.03), (0.5 - 0.6 * right, top + 0.15 * h), (0.5 - right, top + 0.55 * h),
+            (0.5 - 0.97 * right, y_md - 0.02), (0.5 - 0.9 * right, y_md + 0.05), (0.5 + 0.85 * left, y_md + 0.05),
+            (0.5 + 0.97 * left, y_md - 0.01), (0.5 + left, y_md - (0.3 - tilt) * h),
+            (0.5 + 0.8 * left, top + 0.35 * h), (0.5 + 0.5 * left, top + 0.12 * h), (0.5 + 0.04, top - 0.03),
+            (0.5 - 0.03, top - 0.03),
+        ])
+        return chaikin(pts, 3)
 
     def aortic_knob(self) -> np.ndarray:
         return ellipse_pts(float(self.x(1, self.med[1] - 0.004)), self.top[1] + 0.27 * self.height(1), 0.03,
@@ -121,31 +128,31 @@ class Anatomy:
     def body_half_width(self, ys: np.ndarray) -> np.ndarray:
         """Half-width of the body silhouette at film heights ``ys`` (neck, shoulders, chest, abdomen)."""
         sy = self.shoulder_y
-        ky = np.array([-0.1, sy - 0.07, sy, sy + 0.05, self.top[0] + 0.35 * self.height(0), 0.85, 1.1])
-        kw = np.array([self.neck_hw, self.neck_hw * 1.08, self.shoulder_hw * 0.9, self.shoulder_hw,
-                       self.body_hw, self.body_hw * 1.02, self.body_hw * 0.98])
-        return np.interp(ys, ky, kw)
+        ky = np.array([-0.1, sy - 0.09, sy - 0.05, sy, sy + 0.06, self.top[0] + 0.35 * self.height(0), 0.85, 1.1])
+        kw = np.array([self.neck_hw, self.neck_hw * 1.1, self.shoulder_hw * 0.7, self.shoulder_hw * 0.92,
+                       self.shoulder_hw, self.body_hw, self.body_hw * 1.02, self.body_hw * 0.98])
+        return np.interp(ys, ky, kw).astype(np.float32)
 
 
-def _vessel_tree(rng: np.random.Generator, side: int) -> list[np.ndarray]:
-    """Branching pulmonary vessels from the hilum, as segments in lung-relative units (x: lateral distance /
-    lung half-width, y: / lung height), one (K, 2, 2) array per generation. Lower-lobe trunks are longer, as in
-    an upright patient; each generation forks in two, shorter and more wayward."""
+def _vessel_trees(rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Branching pulmonary vessels from each hilum, as segments in lung-relative units (x: lateral distance /
+    lung half-width, y: / lung height): per side, one (K, 2, 2) array per generation. Lower-lobe trunks are
+    longer, as in an upright patient; each generation forks in two, shorter and more wayward."""
     base = np.array([-85, -60, -38, -15, 5, 25, 45, 68, 95], dtype=np.float64)
-    angles = np.deg2rad(base + rng.uniform(-8, 8, base.size))
-    length = 0.17 + 0.08 * np.clip(np.sin(angles), 0, 1) + rng.uniform(-0.03, 0.03, base.size)
-    start = np.zeros((base.size, 2))
+    angles = np.deg2rad(base + rng.uniform(-8, 8, (2, base.size)))  # both sides at once
+    length = 0.17 + 0.08 * np.clip(np.sin(angles), 0, 1) + rng.uniform(-0.03, 0.03, angles.shape)
+    # trunks leave from along the hilum (upper ones higher), not from one point: no sunburst
+    start = np.stack([np.abs(np.sin(angles)) * 0.03, np.sin(angles) * 0.07], axis=-1)
     gens = []
     for _ in range(5):
-        d = np.stack([np.cos(angles), np.sin(angles) * 0.6], axis=1)
-        end = start + d * length[:, None]
-        gens.append(np.stack([start, end], axis=1))
-        k = len(angles)
-        spread = np.deg2rad(rng.uniform(12, 30, k))
-        angles = np.concatenate([angles - spread, angles + spread]) + np.deg2rad(rng.normal(0, 6, 2 * k))
-        length = np.concatenate([length, length]) * rng.uniform(0.6, 0.82, 2 * k)
-        start = np.concatenate([end, end])
-    return gens
+        end = start + np.stack([np.cos(angles), np.sin(angles) * 0.6], axis=-1) * length[..., None]
+        gens.append(np.stack([start, end], axis=2))
+        spread = np.deg2rad(rng.uniform(12, 30, angles.shape))
+        angles = np.concatenate([angles - spread, angles + spread], axis=1)
+        angles += np.deg2rad(rng.normal(0, 9, angles.shape))
+        length = np.concatenate([length, length], axis=1) * rng.uniform(0.6, 0.82, angles.shape)
+        start = np.concatenate([end, end], axis=1)
+    return [[g[k] for g in gens] for k in (0, 1)]
 
 
 def sample_anatomy(patient: np.random.Generator, film: np.random.Generator, *, view: str, sex: str, age: int,
@@ -167,7 +174,7 @@ def sample_anatomy(patient: np.random.Generator, film: np.random.Generator, *, v
         hilum_s=patient.uniform(0.36, 0.44),
         ctr=patient.uniform(0.39, 0.48),
         heart_mag=1.0,
-        heart_b=patient.uniform(0.14, 0.165),
+        heart_b=patient.uniform(0.2, 0.25),
         heart_angle=patient.uniform(12, 24),
         lung_air=patient.uniform(0.30, 0.35),
         neck_hw=patient.uniform(0.10, 0.13),
@@ -180,7 +187,7 @@ def sample_anatomy(patient: np.random.Generator, film: np.random.Generator, *, v
         rib_scale=patient.uniform(0.95, 1.05),
         breast=patient.uniform(0.7, 1.2) if sex == "F" and age >= 15 else 0.0,
         gastric_bubble=None,
-        vessels=[_vessel_tree(patient, 0), _vessel_tree(patient, 1)],
+        vessels=_vessel_trees(patient),
     )
     # per film: inspiration, view, pose, exposure
     insp = film.normal(0, 0.012)

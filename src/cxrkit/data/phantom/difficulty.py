@@ -58,10 +58,12 @@ class Difficulty:
 
 
 DEFAULT_LEVEL = 0.5
+PRESETS = {"easy": 0.15, "default": DEFAULT_LEVEL, "medium": DEFAULT_LEVEL, "hard": 0.85}
 
 
-def resolve_difficulty(difficulty: "float | Difficulty | dict | None") -> Difficulty:
-    """Accept a :class:`Difficulty`, a scalar level in [0, 1], a dict of fields, or None (the default)."""
+def resolve_difficulty(difficulty: "float | str | Difficulty | dict | None") -> Difficulty:
+    """Accept a :class:`Difficulty`, a scalar level in [0, 1] (or its string), a preset name (``easy``,
+    ``default``/``medium``, ``hard``), a dict of fields, or None (the default)."""
     if difficulty is None:
         return Difficulty.level(DEFAULT_LEVEL)
     if isinstance(difficulty, Difficulty):
@@ -72,6 +74,16 @@ def resolve_difficulty(difficulty: "float | Difficulty | dict | None") -> Diffic
             raise DifficultyError(f"unknown difficulty fields {sorted(unknown)}; use contrast, noise, exposure, "
                                   "rotation")
         return Difficulty(**difficulty)
+    if isinstance(difficulty, str):
+        key = difficulty.strip().lower()
+        if key in PRESETS:
+            return Difficulty.level(PRESETS[key])
+        try:
+            return Difficulty.level(float(key))
+        except ValueError:
+            raise DifficultyError(f"difficulty {difficulty!r}: use a level in [0, 1] or one of "
+                                  f"{', '.join(PRESETS)}") from None
     if isinstance(difficulty, (int, float)) and not isinstance(difficulty, bool):
         return Difficulty.level(difficulty)
-    raise DifficultyError(f"difficulty must be a level in [0, 1] or a Difficulty, got {difficulty!r}")
+    raise DifficultyError(f"difficulty must be a level in [0, 1], a preset name ({', '.join(PRESETS)}) or a "
+                          f"Difficulty, got {difficulty!r}")

@@ -15,7 +15,9 @@ import numpy as np
 from cxrkit.data.phantom.anatomy import Anatomy
 from cxrkit.data.phantom.draw import blur, fill_poly
 
-DENSITY_RANGE = 0.78  # density mapped to full white before exposure variation
+DENSITY_FLOOR = 0.08  # density shown black (air beside the patient)
+DENSITY_RANGE = 0.80  # density span from black to white before exposure variation
+FILM_K = 2.0          # film-curve saturation
 
 
 @dataclass
@@ -99,6 +101,26 @@ class Film:
     ctr: float                                         # measured cardiothoracic ratio on the film
 
 
+def film_lut(gamma: float) -> np.ndarray:
+    """4096-entry uint8 table: linear exposure 0..1 -> saturating film response -> gamma -> grey."""
+    x = np.arange(4096) / 4095.0
+    y = (1 - np.exp(-FILM_K * x)) / (1 - np.exp(-FILM_K))
+    return np.round(255.0 * y**gamma).astype(np.uint8)
+
+
+def quasi_normal(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Zero-mean, unit-variance, nearly Gaussian noise (a sum of four uniform bytes; ~10x faster than
+    ``standard_normal``, and no visible difference in film grain)."""
+    b = np.frombuffer(rng.bytes(4 * size * size), dtype=np.uint8).reshape(4, size, size)
+    total = b[0].astype(np.float32)
+    total += b[1]
+    total += b[2]
+    total += b[3]
+    total -= 510.0
+    total *= 1.0 / 147.8
+    return total
+
+
 def pose_matrix(anat: Anatomy, size: int) -> np.ndarray:
     """The 2x3 affine that places the canonical drawing: rotation about the centre, zoom, shift."""
     c = size / 2.0
@@ -120,13 +142,13 @@ def finish(sc: Scene, boxes_px: dict, noise_rng: np.random.Generator, noise: flo
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     lung = np.where(lung >= 128, np.uint8(255), np.uint8(0))
 
-    lin = dens * (a.gain / DENSITY_RANGE) + a.offset
+    # exposure (gain, offset) on density, noise, then the film curve: a saturating response that compresses
+    # contrast in dense regions (ribs fade over the heart and abdomen) folded with gamma into one lookup table
+    lin = dens * (a.gain / DENSITY_RANGE) + (a.offset - DENSITY_FLOOR / DENSITY_RANGE)
     if noise > 0:
-        n = noise_rng.standard_normal((s, s), dtype=np.float32)
-        lin += n * (noise * (0.5 + np.clip(lin, 0, 1)))
+        lin += quasi_normal(noise_rng, s) * (noise * (0.5 + np.clip(lin, 0, 1)))
     q = np.clip(lin * 4095.0 + 0.5, 0, 4095).astype(np.uint16)
-    lut = np.round(255.0 * (np.arange(4096) / 4095.0) ** a.gamma).astype(np.uint8)
-    image = lut[q]
+    image = np.take(film_lut(a.gamma), q)
 
     out_boxes = {}
     for name, (x0, y0, x1, y1) in boxes_px.items():

@@ -131,7 +131,7 @@ class Consolidation(Sign):
         bronchi.lines(_bronchograms(r, (0.5 * (cx + hx), 0.5 * (cy + hy)), direction, int(r.integers(3, 6)),
                                     0.6 * max(ax, ay)), 1.0, max(1.0, sc.size / 256))
         bronchi.data = blur(bronchi.data, 0.5 * sc.size / 256)
-        p.data = p.data * (0.3 * self.c) - (0.11 * self.c) * bronchi.data * (p.data > 0.5)
+        p.data = p.data * (0.24 * self.c) - (0.1 * self.c) * bronchi.data * (p.data > 0.5)
         p.data *= lung_crop(sc, p, k)
         p.add_to(sc.lesion)
         return p.footprint(0.3)

@@ -156,13 +156,13 @@ class Pneumothorax(Sign):
         fill_poly(rim, np.vstack([wall, self.line[::-1]]), 1.0, sc.size)
         rim *= sc.lung_side[k]
         self.rim = rim
-        sc.air_extra += (0.07 * self.c) * rim
+        sc.air_extra += (0.12 * self.c) * rim
         sc.vessel_keep *= 1 - rim
 
     def draw(self, sc: Scene):
         pts = self.line
         p = Patch(sc.size, *pts.min(0), *pts.max(0), margin=0.01)
-        p.lines([pts], 0.13 * self.c, max(1.0, sc.size / 320))
+        p.lines([pts], 0.16 * self.c, max(1.0, sc.size / 320))
         p.data = blur(p.data, 0.4 * sc.size / 256)
         p.data *= lung_crop(sc, p, self.side)
         p.add_to(sc.lesion)
@@ -180,7 +180,7 @@ class Effusion(Sign):
         boxes = []
         for k in sides:
             h = a.height(k)
-            level = a.cp[k] - r.uniform(0.10, 0.32) * h * (0.6 + 0.4 * min(self.g, 1.5) / 1.5)
+            level = a.cp[k] - r.uniform(0.15, 0.42) * h * (0.6 + 0.4 * min(self.g, 1.5) / 1.5)
             y_med = level + r.uniform(0.45, 0.7) * (a.cp[k] - level)
             p = Patch(sc.size, a.x(k, a.lat[k]) if k == 0 else 0.5, level - 0.02,
                       0.5 if k == 0 else a.x(k, a.lat[k]), a.cp[k] + 0.01, margin=0.02)

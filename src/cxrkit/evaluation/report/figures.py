@@ -19,12 +19,14 @@ def _figure(n_panels: int, cols: int = 5, size: float = 2.3):
     rows = max(1, math.ceil(n_panels / cols))
     cols = min(cols, max(n_panels, 1))
     fig = Figure(figsize=(cols * size, rows * size), dpi=90)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.95, wspace=0.35, hspace=0.55)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
     return fig, axes
 
 
-def _png(fig) -> bytes:
-    fig.tight_layout()
+def _png(fig, tight: bool = True) -> bytes:
+    if tight:  # tight_layout measures every label: fine for one axis, slow on a 15-panel grid
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -62,6 +64,7 @@ def roc_pr_figures(Y: np.ndarray, S: np.ndarray, label_names: Sequence[str], boo
         y, s = (Y[known, c] >= 0.5).astype(np.float64), S[known, c]
         for ax, title in ((ax_roc[c], name), (ax_pr[c], name)):
             ax.set_title(title, fontsize=8)
+            ax.set_xticks([0, 0.5, 1]), ax.set_yticks([0, 0.5, 1])  # few ticks: legible and quick to draw
             ax.tick_params(labelsize=6)
             ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
         ax_roc[c].plot([0, 1], [0, 1], color="0.7", lw=0.6, ls="--")
@@ -84,7 +87,7 @@ def roc_pr_figures(Y: np.ndarray, S: np.ndarray, label_names: Sequence[str], boo
         ax.set_xlabel("1 - specificity", fontsize=6), ax.set_ylabel("sensitivity", fontsize=6)
     for ax in ax_pr:
         ax.set_xlabel("recall", fontsize=6), ax.set_ylabel("precision", fontsize=6)
-    return _png(fig_roc), _png(fig_pr)
+    return _png(fig_roc, tight=False), _png(fig_pr, tight=False)
 
 
 def reliability_figure(calibration: dict, label_names: Sequence[str]) -> bytes:
@@ -99,7 +102,7 @@ def reliability_figure(calibration: dict, label_names: Sequence[str]) -> bytes:
         ax.set_title(f"{name}\nECE {ece:.3f}" if ece == ece else name, fontsize=7)
         ax.set_xlim(0, 1), ax.set_ylim(0, 1)
         ax.tick_params(labelsize=6)
-    return _png(fig)
+    return _png(fig, tight=False)
 
 
 def forest_figure(subgroups: dict, overall: float | None, key: str = "mean_auroc",

@@ -1,0 +1,136 @@
+"""The FastAPI app: ``create_app(predictor_or_bundle, ...)``. Endpoints: ``POST /v1/predict``, ``GET /v1/model``,
+``GET /healthz``, ``GET /readyz``, ``GET /metrics`` and the web page at ``/``. See docs/serve.md."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrkit import RESEARCH_NOTICE
+from cxrkit.data.decode import DecodeLimits
+from cxrkit.deploy.serve.errors import ServeError
+
+log = logging.getLogger("cxrkit.serve")
+WEB_DIR = Path(__file__).with_name("web")
+MB = 1024 * 1024
+CONFIG_ENV = "CXR_SERVE_CONFIG"  # JSON settings for worker processes started by `cxr serve --workers N`
+# The page is self-contained: scripts, styles and fetches only from this origin; images also from data: URLs.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Service limits. ``max_pixels`` caps width x height (decompression bombs) before any decoding."""
+
+    max_upload_bytes: int = 20 * MB
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    timeout_s: float = 30.0
+    max_queue: int = 256
+    max_pixels: int = 50_000_000
+    decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1 or self.timeout_s <= 0 or self.max_pixels < 1 or self.decode_threads < 1:
+            raise ServeError(f"invalid service limits {asdict(self)}: sizes, timeout and threads must be positive")
+
+
+def _load(predictor_or_bundle, backend: str, device: str):
+    if isinstance(predictor_or_bundle, (str, os.PathLike)):
+        from cxrkit.deploy.onnx_runtime import load_predictor
+
+        return load_predictor(Path(predictor_or_bundle), backend=backend, device=device)
+    return predictor_or_bundle
+
+
+def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth_localhost: bool = False,
+               max_upload_bytes: int = 20 * MB, max_batch: int = 16, max_wait_ms: float = 10.0,
+               timeout_s: float = 30.0, max_queue: int = 256, max_pixels: int = 50_000_000,
+               backend: str = "torch", device: str = "cpu", warm_up: bool = True):
+    """Build the service around a loaded predictor (``cxrkit.bundle.Predictor``/``OnnxPredictor``) or a bundle path.
+
+    ``api_key``: required in the ``X-API-Key`` header of every ``/v1/*`` and ``/metrics`` request. Without one the
+    app is only built when ``allow_no_auth_localhost`` is set, and then answers loopback clients only.
+    ``max_batch``/``max_wait_ms``: dynamic micro-batching (``max_batch=1``: off). ``timeout_s``: per predict request
+    (504 after it). ``max_upload_bytes``: streamed body limit (413). ``warm_up``: run one inference at start-up
+    before ``/readyz`` reports ready.
+    """
+    from fastapi import FastAPI
+
+    from cxrkit.deploy.serve.auth import ApiKeyAuth
+    from cxrkit.deploy.serve.batching import MicroBatcher
+    from cxrkit.deploy.serve.engine import ModelService
+    from cxrkit.deploy.serve.limits import BodySizeLimit
+    from cxrkit.deploy.serve.metrics import RequestObserver, ServeMetrics
+    from cxrkit.deploy.serve.routes import add_handlers, add_routes
+
+    if api_key is None and not allow_no_auth_localhost:
+        raise ServeError("create_app needs an api_key (or allow_no_auth_localhost=True for a loopback-only server)")
+    settings = ServeSettings(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             timeout_s=timeout_s, max_queue=max_queue, max_pixels=max_pixels)
+    metrics = ServeMetrics()
+    service = ModelService(_load(predictor_or_bundle, backend, device), metrics=metrics,
+                           decode_limits=DecodeLimits(max_pixels=max_pixels, max_bytes=max_upload_bytes))
+    # One model thread: batches and heatmaps never run the network concurrently (Grad-CAM hooks are per model).
+    model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-model")
+    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="cxr-decode")
+    batcher = MicroBatcher(service.run_batch, executor=model_pool, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           max_queue=max_queue, observe=metrics.batch_size.observe, on_depth=metrics.queue_depth.set)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        loop = asyncio.get_running_loop()
+
+        async def warm():
+            try:
+                if warm_up:
+                    await loop.run_in_executor(model_pool, service.warm_up)
+                app.state.ready = True
+                metrics.ready.set(1)
+                log.info("model %s ready", service.id)
+            except Exception:  # a model that cannot run stays not-ready; /readyz says so
+                log.exception("warm-up inference failed; the server stays not ready")
+
+        warm_task = loop.create_task(warm())
+        try:
+            yield
+        finally:
+            warm_task.cancel()
+            await batcher.stop()
+            model_pool.shutdown(wait=False, cancel_futures=True)
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="cxrkit chest X-ray classifier", version=service.describe()["service_version"],
+                  description=f"Multi-label chest X-ray findings, quality gate and heatmaps.\n\n**{RESEARCH_NOTICE}**",
+                  lifespan=lifespan)
+    app.state.ready = False
+    app.state.service, app.state.batcher, app.state.metrics, app.state.settings = service, batcher, metrics, settings
+    app.state.model_pool, app.state.decode_pool, app.state.api_key = model_pool, decode_pool, api_key
+    add_routes(app)
+    add_handlers(app)
+    # Outermost first on the way in: observe (ids, metrics, logs) -> auth (before any body is read) -> size limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyAuth, api_key=api_key)
+    app.add_middleware(RequestObserver, metrics=metrics)
+    return app
+
+
+def app_from_env():
+    """App factory for uvicorn worker processes (``cxr serve --workers N``): settings from ``$CXR_SERVE_CONFIG``,
+    the key from ``$CXR_API_KEY``."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise ServeError(f"${CONFIG_ENV} is not set; start the server with `cxr serve`")
+    cfg: dict[str, Any] = json.loads(raw)
+    bundle = cfg.pop("bundle")
+    key = None if cfg.pop("no_auth", False) else os.environ.get("CXR_API_KEY")
+    return create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **cfg)
+

@@ -1,0 +1,80 @@
+"""Response shapes of the REST API (documented in the OpenAPI schema and checked by the schemathesis test)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="what was wrong and what to do")
+    status: int
+    request_id: Optional[str] = None
+
+
+class Finding(BaseModel):
+    name: str
+    probability: float = Field(..., ge=0.0, le=1.0)
+    threshold: float
+    positive: bool = Field(..., description="probability >= threshold")
+
+
+class Quality(BaseModel):
+    ok: bool = Field(..., description="False: the image does not look like a frontal chest radiograph the model "
+                                      "can be trusted on")
+    score: Optional[float] = Field(None, description="gate score (>= 0 passes); null without a fitted gate")
+    reason: str
+
+
+class ImageInfo(BaseModel):
+    format: str
+    width: int
+    height: int
+
+
+class Heatmaps(BaseModel):
+    method: str = Field(..., description="cam, attention, gradcam or gradcam++")
+    image: str = Field(..., description="the decoded image at display size, data:image/png;base64")
+    overlays: Dict[str, str] = Field(..., description="finding -> transparent RGBA heatmap (jet colours, alpha = "
+                                                    "heat) the size of `image`, to lay over it; data:image/png;base64")
+
+
+class PredictResponse(BaseModel):
+    notice: str
+    request_id: str
+    model_id: str
+    model_version: str
+    findings: List[Finding] = Field(..., description="most probable first")
+    positive_findings: List[str]
+    abnormality: float = Field(..., ge=0.0, le=1.0)
+    quality: Quality
+    image: ImageInfo
+    heatmaps: Optional[Heatmaps] = None
+    timing_ms: Dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    model_id: str
+    model_version: str
+    label_names: List[str]
+    thresholds: Dict[str, float]
+    threshold_policy: Optional[str] = None
+    input: Dict[str, Any]
+    architecture: Optional[str] = None
+    calibration: Optional[str] = None
+    quality_gate: Optional[str] = None
+    heatmaps: bool
+    provenance: Dict[str, Any]
+    metrics: Dict[str, Any]
+    service_version: str
+    notice: str
+
+
+class Health(BaseModel):
+    status: str
+    auth_required: bool
+
+
+class Ready(BaseModel):
+    status: str
+    model_id: str

@@ -1,0 +1,154 @@
+"""Batch prediction: inputs, rows, error rows, outputs, heatmaps, resume and 2-process torchrun sharding."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit import RESEARCH_NOTICE
+from cxrkit.bundle import load_bundle, save_bundle
+from cxrkit.data.labels import NIH_FINDINGS
+from cxrkit.deploy.predict import PredictError, expand_inputs, predict_files, read_journal, run_shard, write_results
+from cxrkit.models import create_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("bundle")
+    return save_bundle(out, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
+                       mean=0.449, std=0.226)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_data) -> Path:
+    """3 real NIH films, the real chest CR and abdomen DICOMs, a non-image and a truncated PNG."""
+    d = tmp_path_factory.mktemp("inputs")
+    for p in sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:3]:
+        shutil.copy(p, d / p.name)
+    sub = d / "dicom"
+    sub.mkdir()
+    shutil.copy(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm", sub / "chest.dcm")
+    shutil.copy(shared_data / "dicom" / "not_chest_abdomen_ot.dcm", sub / "abdomen.dcm")
+    (d / "notes.png").write_bytes(b"this is not an image")
+    (d / "trunc.png").write_bytes((shared_data / "nih-fullres" / "00000075_000.png").read_bytes()[:400])
+    (d / ".hidden.png").write_bytes(b"skip me")
+    return d
+
+
+def test_expand_inputs_folders_globs_and_missing(inputs):
+    found = expand_inputs([inputs])
+    names = [p.name for p in found]
+    assert ".hidden.png" not in names and "chest.dcm" in names and "abdomen.dcm" in names
+    assert len(found) == 7
+    globbed = expand_inputs([str(inputs / "*.png")])
+    assert {p.name for p in globbed} == {p.name for p in found if p.suffix == ".png"}
+    # names that match nothing stay, so they become error rows instead of silently disappearing
+    assert expand_inputs([str(inputs / "nothing*.png"), "missing.dcm"]) == [inputs / "nothing*.png",
+                                                                             Path("missing.dcm")]
+
+
+def test_rows_one_per_input_in_order_with_errors(bundle, inputs):
+    pred = load_bundle(bundle)
+    paths = expand_inputs([inputs]) + [inputs / "missing.png"]
+    rows = predict_files(pred, paths, batch_size=2, workers=2)
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert [r["index"] for r in rows] == list(range(len(paths)))
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["notes.png"]["status"] == "error" and "not an accepted image format" in by_name["notes.png"]["error"]
+    assert by_name["trunc.png"]["status"] == "error" and "truncated" in by_name["trunc.png"]["error"]
+    assert by_name["missing.png"]["status"] == "error" and "not found" in by_name["missing.png"]["error"]
+    abdomen = by_name["abdomen.dcm"]
+    assert abdomen["status"] == "ok" and abdomen["header_ok"] is False and abdomen["quality_ok"] is False
+    assert abdomen["modality"] == "OT" and "modality OT" in abdomen["quality_reason"]
+    chest = by_name["chest.dcm"]
+    assert chest["header_ok"] is True and (chest["modality"], chest["body_part"], chest["view"]) == ("CR", "CHEST", "PA")
+    # probabilities are exactly the predictor's on the same decoded images; findings use the bundle's thresholds
+    from cxrkit.data.decode import read_image
+
+    good = [r for r in rows if r["status"] == "ok"]
+    probs = pred.predict([read_image(r["path"]) for r in good])
+    got = np.array([[r["probs"][n] for n in NIH_FINDINGS] for r in good])
+    np.testing.assert_allclose(got, probs, atol=1e-6)
+    for r, p in zip(good, probs):
+        assert r["findings"] == [n for n, v in zip(NIH_FINDINGS, p) if v >= 0.5]
+        assert r["abnormality"] == pytest.approx(float(p.max()), abs=1e-6)
+
+
+def test_csv_and_jsonl_carry_the_notice(bundle, inputs, tmp_path):
+    pred = load_bundle(bundle)
+    rows = predict_files(pred, expand_inputs([inputs]), batch_size=4)
+    out_csv = write_results(rows, tmp_path / "r.csv", pred.label_names)
+    lines = out_csv.read_text().splitlines()
+    assert lines[0] == f"# {RESEARCH_NOTICE}"
+    table = list(csv.DictReader(lines[1:]))
+    assert len(table) == len(rows) and set(NIH_FINDINGS) <= set(table[0])
+    assert {"quality_ok", "quality_reason", "modality", "error"} <= set(table[0])
+    out_jsonl = write_results(rows, tmp_path / "r.jsonl", pred.label_names)
+    objs = [json.loads(x) for x in out_jsonl.read_text().splitlines()]
+    assert len(objs) == len(rows) and all(o["notice"] == RESEARCH_NOTICE for o in objs)
+    with pytest.raises(PredictError, match=r"\.csv or \.jsonl"):
+        write_results(rows, tmp_path / "r.txt", pred.label_names)
+
+
+def test_heatmaps_written_for_positive_findings(bundle, inputs, tmp_path):
+    pred = load_bundle(bundle)
+    path = sorted(inputs.glob("0*.png"))[0]
+    row = predict_files(pred, [path], heatmaps=tmp_path / "hm")[0]
+    expected = row["findings"] or [max(row["probs"], key=row["probs"].get)]
+    assert [Path(h).name for h in row["heatmaps"]] == [f"000000_{path.stem}_{n}.png" for n in expected]
+    assert all(Path(h).stat().st_size > 0 for h in row["heatmaps"])
+
+
+def test_run_shard_resumes_from_its_journal(bundle, inputs, tmp_path):
+    pred = load_bundle(bundle)
+    paths = sorted(inputs.glob("0*.png"))
+    out = tmp_path / "r.jsonl"
+    journal = tmp_path / "r.jsonl.part0of1.jsonl"
+    # a previous, interrupted run finished input 0 (marked so we can tell it was not recomputed)
+    journal.write_text(json.dumps({"index": 0, "path": str(paths[0]), "status": "ok", "error": "", "marker": 1})
+                       + "\n" + '{"index": 1, "pa')  # torn last line from the interruption
+    assert list(read_journal(journal)) == [0]
+    run_shard(pred, paths, out, batch_size=2, progress=False)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2] and rows[0].get("marker") == 1 and "marker" not in rows[1]
+    assert not journal.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_matches_single_process(bundle, inputs, tmp_path):
+    script = tmp_path / "cxr_deploy.py"
+    script.write_text(textwrap.dedent("""
+        import sys, typer, torch
+        torch.set_num_threads(1)
+        from cxrkit.deploy.cli import register
+        app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
+        register(app, groups)
+        app(args=sys.argv[1:])
+    """))
+    out = tmp_path / "dist.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29653",
+           str(script), "predict", str(bundle), str(inputs), "--out", str(out), "--batch-size", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    paths = expand_inputs([inputs])
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    single = predict_files(load_bundle(bundle), paths)
+    for a, b in zip(rows, single):
+        assert a["status"] == b["status"]
+        if a["status"] == "ok":
+            assert a["probs"] == pytest.approx(b["probs"], abs=1e-5)
+    assert not list(tmp_path.glob("dist.jsonl.part*"))
