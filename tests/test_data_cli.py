@@ -87,10 +87,18 @@ def test_phantom_then_prepare(tmp_path):
     assert "12 images of 32 px" in r.output
     from cxrkit.data.cache import open_cache
 
+    import pandas as pd
+
     cache = open_cache(tmp_path / "cache")
     assert cache.manifest["source"]["name"] == "phantom"
-    if len(cache.boxes):  # phantom boxes are stated at the phantom's size: halved at 32 px
-        assert cache.boxes[["x", "y", "w", "h"]].to_numpy().max() <= 32
+    # phantom boxes are stated in the phantom's own 64-px frame: halved in a 32-px cache
+    listed = pd.read_csv(tmp_path / "ph" / "BBox_List_2017.csv").iloc[:, :6]
+    listed.columns = ["image_id", "label", "x", "y", "w", "h"]
+    assert len(cache.boxes) == len(listed) > 0
+    got = cache.boxes.sort_values(["image_id", "x"]).reset_index(drop=True)
+    want = listed.sort_values(["image_id", "x"]).reset_index(drop=True)
+    assert list(got["image_id"]) == list(want["image_id"])
+    assert np.allclose(got[["x", "y", "w", "h"]].to_numpy(), want[["x", "y", "w", "h"]].to_numpy() / 2)
 
 
 def test_root_cli_wires_the_data_commands(tmp_path, capsys):

@@ -105,10 +105,21 @@ def test_evaluate_writes_metrics_and_report(setup, shared_data):
     assert again["mean_auroc"] == pytest.approx(m["mean_auroc"])
 
 
-def test_missing_explain_says_heatmaps_unavailable(setup, monkeypatch):
+def test_cli_evaluate_without_explain_says_heatmaps_unavailable(setup, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from cxrkit.evaluation.cli import register
+
     root, cache, b0, _ = setup
+    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
+    register(app, groups)
     monkeypatch.setitem(sys.modules, "cxrkit.explain", None)  # import now fails as if the package were absent
-    m = evaluate(b0, cache, "test", root / "noexp", n_boot=10, progress=False)
+    res = CliRunner().invoke(app, ["evaluate", str(b0), str(cache.path), "--out", str(root / "noexp"), "--n-boot",
+                                   "10", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "mean AUROC" in res.output and "Research use only" in res.output
+    m = json.loads((root / "noexp" / "metrics.json").read_text())
     assert m["heatmaps"].startswith("heatmaps unavailable:")
     assert "heatmaps unavailable:" in (root / "noexp" / "report.html").read_text()
 

@@ -91,3 +91,17 @@ def test_ensemble_errors(members, tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(path)
+
+
+def test_ensemble_cli(members, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from cxrkit.evaluation.cli import register
+
+    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
+    register(app, groups)
+    res = CliRunner().invoke(app, ["ensemble", str(members[0]), str(members[1]), "--out", str(tmp_path / "e"),
+                                   "--method", "max"])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "e").method == "max"

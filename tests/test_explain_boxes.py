@@ -150,8 +150,16 @@ def test_figure_has_caption_boxes_and_encodes_to_png():
     img = np.full((100, 100), 80, np.uint8)
     drawn = draw_boxes(np.zeros((100, 100, 3), np.uint8), [(10, 10, 30, 20, 0.9)], (255, 0, 0), thickness=1)
     assert drawn[10, 10:40, 0].min() == 255 and drawn[15, 20, 0] == 0
-    fig = render_finding(img, np.zeros((100, 100), np.float32), [(10, 10, 30, 20, 0.9)], "Effusion", 0.73)
+    fig = render_finding(img, np.zeros((100, 100), np.float32), [(10, 10, 30, 20, 0.9)], "Effusion", 0.73,
+                         min_side=0)
     assert fig.shape[1] == 100 and fig.shape[0] > 100
+    # small images are enlarged so the caption stays legible, large ones shrunk; boxes follow the scale
+    big = render_finding(img, np.zeros((100, 100), np.float32), [(10, 10, 30, 20, 0.9)], "Effusion", 0.73)
+    assert big.shape[1] == 256
+    top_edge = big[-256:][24:29, 30:100].min(axis=(1, 2))  # the white box's top edge, at y = 10 * 2.56
+    assert top_edge.max() == 255
+    small = render_finding(np.zeros((3000, 1500), np.uint8), np.zeros((30, 15)), [], "Mass", None, max_side=600)
+    assert small.shape[1] == 300 and small.shape[0] > 600
     assert add_caption(np.zeros((10, 50, 3), np.uint8), ["a", "b"]).shape[0] > 10
     data = png_bytes(fig)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

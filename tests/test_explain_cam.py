@@ -211,3 +211,16 @@ def test_package_exports_and_light_import():
     code = "import sys, cxrkit.explain.cli, cxrkit.explain; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # `cxr --help` must not pay for torch
+
+
+def test_find_target_layer_on_a_plain_model_skips_the_global_pool():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), conv, act, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 2))
+    assert find_target_layer(model, torch.zeros(1, 1, 16, 16)) is act
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(ExplainError, match="example input"):
+        find_target_layer(model)
+    with pytest.raises(ExplainError, match="4-D"):
+        find_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(1, 4))

@@ -111,14 +111,14 @@ def test_localisation_on_a_phantom_cache(tmp_path):
     from cxrkit.data.cache import prepare
 
     src = tmp_path / "phantom"
-    phantom.generate(src, 24, 128, seed=0)
+    phantom.generate(src, 24, 128, seed=0, progress=False)
     cache = prepare(src, tmp_path / "cache", size=64, workers=1, progress=False)
-    if not len(cache.boxes):
-        pytest.skip("this phantom draw has no boxes")
+    assert len(cache.boxes), "the phantom set should carry boxes"
     res = evaluate_localisation(brightness_predictor(64), cache, progress=False)
     assert res["all"]["n_boxes"] == int(cache.boxes["label"].isin(NIH_FINDINGS).sum())
     for name, r in res.items():
         assert 0.0 <= r["acc_iobb@0.5"] <= 1.0 and r["acc_iobb@0.5"] >= r["acc_iou@0.5"], name
+        assert r["mean_best_iou"] <= r["mean_best_iobb"] + 1e-9, name
 
 
 def test_select_cases_takes_confident_true_and_false_positives():
@@ -144,7 +144,7 @@ def test_gallery_renders_pngs():
         ("Atelectasis", 0, "TP"), ("Atelectasis", 3, "TP"), ("Atelectasis", 1, "FP"), ("Atelectasis", 5, "FP")]
     assert items[0]["prob"] == pytest.approx(0.9)
     img = cv2.imdecode(np.frombuffer(items[0]["png_bytes"], np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape[1] == 64 and img.shape[0] > 64
+    assert img.shape[1] == 256 and img.shape[0] > 256  # 64-px cache images are enlarged for legible captions
     with pytest.raises(ExplainError, match="rows"):
         gallery(pred, cache, rows[:3], probs, labels)
 

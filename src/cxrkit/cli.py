@@ -19,6 +19,7 @@ STAGE_CLIS = (
     "cxrkit.explain.cli",
     "cxrkit.deploy.cli",
     "cxrkit.demo",
+    "cxrkit.deploy.serve.cli_serve",
 )
 
 

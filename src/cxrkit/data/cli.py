@@ -20,15 +20,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 1000,
         size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
         seed: Annotated[int, typer.Option(help="Random seed (same seed, same set).")] = 0,
-        difficulty: Annotated[Optional[float], typer.Option(help="0 easy .. 1 hard (default: the preset).")] = None,
+        difficulty: Annotated[Optional[str], typer.Option(
+            help="A level from 0 (easy) to 1 (hard), or easy / default / hard.")] = None,
         workers: Annotated[int, typer.Option(help="Processes drawing images.")] = 1,
+        overwrite: Annotated[bool, typer.Option(help="Replace a phantom set made with other settings.")] = False,
     ) -> None:
         """Generate a synthetic chest X-ray set with known findings and boxes (NIH layout)."""
         from cxrkit.data.phantom import generate
 
-        kw = {} if difficulty is None else {"difficulty": difficulty}
-        generate(out, n, size=size, seed=seed, workers=workers, progress=True, **kw)
-        typer.echo(f"phantom set of {n} images ({size} px, seed {seed}) written to {out}")
+        level: float | str | None = difficulty
+        if difficulty is not None:
+            try:
+                level = float(difficulty)
+            except ValueError:
+                level = difficulty  # a preset name; generate() validates it
+        s = generate(out, n, size=size, seed=seed, difficulty=level, workers=workers, progress=True,
+                     overwrite=overwrite)
+        typer.echo(f"phantom set in {s.out_dir}: {s.n_images} images of {s.size} px, {s.n_patients} patients, "
+                   f"{s.n_boxes} boxes (seed {s.seed})")
 
     @app.command("prepare")
     def prepare(

@@ -69,13 +69,9 @@ def weighted_average_precision(y: np.ndarray, s: np.ndarray, W: np.ndarray) -> n
 CONFUSION_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 
 
-def weighted_confusion(y: np.ndarray, pred: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, PPV, NPV and F1 of binary predictions for each weight row (each (R,))."""
-    y = np.asarray(y, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    W = np.atleast_2d(np.asarray(W, dtype=np.float64))
-    tp, fp = W @ (y & pred), W @ (~y & pred)
-    fn, tn = W @ (y & ~pred), W @ (~y & ~pred)
+def confusion_rates(tp, fp, fn, tn) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV and F1 from (weighted) confusion counts; NaN where undefined."""
+    tp, fp, fn, tn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn, tn))
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
@@ -84,6 +80,18 @@ def weighted_confusion(y: np.ndarray, pred: np.ndarray, W: np.ndarray) -> dict[s
             "npv": np.where(tn + fn > 0, tn / (tn + fn), np.nan),
             "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
         }
+
+
+def confusion_indicators(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """n x 4 float32 indicator matrix (tp, fp, fn, tn) of each image; ``W @`` it gives every replicate's counts."""
+    y, pred = np.asarray(y, dtype=bool), np.asarray(pred, dtype=bool)
+    return np.stack([y & pred, ~y & pred, y & ~pred, ~y & ~pred], axis=1).astype(np.float32)
+
+
+def weighted_confusion(y: np.ndarray, pred: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV and F1 of binary predictions for each weight row (each (R,))."""
+    counts = np.atleast_2d(np.asarray(W, dtype=np.float64)) @ confusion_indicators(y, pred)
+    return confusion_rates(*counts.T)
 
 
 def undefined_reason(y: np.ndarray) -> str | None:

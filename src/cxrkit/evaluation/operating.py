@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrkit.evaluation.bootstrap import ClusterBootstrap
-from cxrkit.evaluation.metrics import CONFUSION_METRICS, weighted_confusion
+from cxrkit.evaluation.metrics import CONFUSION_METRICS, confusion_indicators, confusion_rates
 from cxrkit.evaluation.summary import with_ci
 
 POLICIES = ("youden", "sens_at_spec90", "sens_at_spec95", "f1")
@@ -49,23 +49,33 @@ def operating_metrics(Y: np.ndarray, S: np.ndarray, label_names: Sequence[str], 
                       boot: ClusterBootstrap, idx: np.ndarray | None = None) -> dict:
     """Sensitivity, specificity, PPV, NPV, F1 (+ CIs) on images ``idx`` at each finding's chosen thresholds.
 
-    Returns {finding: {policy: {"threshold", "sensitivity", "sensitivity_ci_low", ...}}}.
+    Returns {finding: {policy: {"threshold", "sensitivity", "sensitivity_ci_low", ...}}}. All (finding, policy)
+    pairs share one matrix product per replicate chunk: weights (R x n) @ indicators (n x 4K).
     """
     idx = np.arange(len(Y)) if idx is None else np.asarray(idx)
-    out: dict = {}
+    out: dict = {name: {} for name in label_names}
+    keys, cols = [], []
     for c, name in enumerate(label_names):
-        known = idx[~np.isnan(Y[idx, c])]
-        y = Y[known, c] >= 0.5
-        out[name] = {}
+        y = Y[:, c]
         for policy, t in thresholds.get(name, {}).items():
             if t is None:
-                out[name][policy] = {"threshold": None, "reason": "no threshold: validation lacks positives or negatives"}
+                out[name][policy] = {"threshold": None,
+                                     "reason": "no threshold: validation lacks positives or negatives"}
                 continue
-            pred = S[known, c] >= t
-            point = weighted_confusion(y, pred, np.ones((1, known.size)))
-            reps = boot.apply(weighted_confusion, Y[:, c] >= 0.5, S[:, c] >= t, idx=known) if boot.n_boot else {}
-            entry = {"threshold": float(t)}
-            for m in CONFUSION_METRICS:
-                entry.update(with_ci(m, point[m][0], reps.get(m)))
-            out[name][policy] = entry
+            ind = confusion_indicators(y >= 0.5, S[:, c] >= t)
+            ind[np.isnan(y)] = 0.0  # unknown labels count nowhere
+            keys.append((name, policy, float(t)))
+            cols.append(ind)
+    if not keys:
+        return out
+    M = np.concatenate(cols, axis=1)  # n x 4K
+    point = M[idx].sum(axis=0)[None]
+    reps = boot.apply(lambda m, W: W @ m, M, idx=idx) if boot.n_boot else None
+    for k, (name, policy, t) in enumerate(keys):
+        p = confusion_rates(*point[:, 4 * k:4 * k + 4].T)
+        r = confusion_rates(*reps[:, 4 * k:4 * k + 4].T) if reps is not None else {}
+        entry = {"threshold": t}
+        for m in CONFUSION_METRICS:
+            entry.update(with_ci(m, p[m][0], r.get(m)))
+        out[name][policy] = entry
     return out

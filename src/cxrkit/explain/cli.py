@@ -127,7 +127,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         chosen = [f.strip() for f in findings.split(",") if f.strip()] if findings else None
         if chosen is not None:
             finding_indices(predictor, chosen)  # unknown names fail before any work
-        request = {"bundle": str(Path(bundle).resolve()), "method": method,
+        weights = Path(bundle) / "model.safetensors"
+        request = {"bundle": str(Path(bundle).resolve()),
+                   # a bundle retrained in place must not reuse old figures
+                   "bundle_version": [(predictor.config.get("provenance") or {}).get("created"),
+                                      weights.stat().st_mtime_ns if weights.is_file() else None],
+                   "method": method,
                    "concrete_method": concrete_method(predictor, method), "findings": chosen,
                    "top_k": None if chosen else min(top_k or 3, len(predictor.label_names)),
                    "box_threshold": _parse_threshold(box_threshold)}

@@ -10,17 +10,21 @@ from cxrkit.explain.boxes import ExplainError
 
 def find_target_layer(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
     """The layer whose output is the final feature map: a cxrkit model's ``backbone`` (its output is exactly the
-    map the head pools), otherwise the last module, in execution order, that returns a 4-D tensor on ``example``."""
+    map the head pools), otherwise the last module, in execution order, that returns a 4-D tensor with more than
+    one location on ``example``."""
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module):
         return backbone
     if example is None:
         raise ExplainError(f"{type(model).__name__} has no .backbone; pass an example input so the last feature-map "
                            "layer can be found")
-    seen: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, out: seen.append(mod) if torch.is_tensor(out) and out.ndim == 4
-                                     else None)
-             for m in model.modules() if m is not model]
+    seen: list[tuple[nn.Module, bool]] = []
+
+    def record(mod, _inputs, out):
+        if torch.is_tensor(out) and out.ndim == 4:
+            seen.append((mod, out.shape[-1] * out.shape[-2] > 1))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     try:
         with torch.no_grad():
             model(example)
@@ -29,7 +33,9 @@ def find_target_layer(model: nn.Module, example: torch.Tensor | None = None) -> 
             h.remove()
     if not seen:
         raise ExplainError(f"{type(model).__name__} produces no 4-D feature map; Grad-CAM needs a convolutional model")
-    return seen[-1]
+    # a global pool's B x C x 1 x 1 output is 4-D too, but has nothing left to localise
+    spatial = [m for m, has_area in seen if has_area]
+    return spatial[-1] if spatial else seen[-1][0]
 
 
 def gradcam_maps(model: nn.Module, x: torch.Tensor, classes: list[int], plus_plus: bool = False,

@@ -58,21 +58,25 @@ def add_caption(rgb: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return np.vstack([band, rgb])
 
 
-def fit_display(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Shrink an image so its long side is at most ``max_side`` (figures stay small); returns it and the factor."""
+def fit_display(image: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float]:
+    """Scale an image so its long side lies in [min_side, max_side] (figures stay small, captions stay legible);
+    returns it and the factor."""
     h, w = image.shape[:2]
-    f = min(1.0, max_side / max(h, w))
-    if f >= 1.0:
+    long = max(h, w)
+    f = max_side / long if long > max_side else (min_side / long if long < min_side else 1.0)
+    if f == 1.0:
         return image, 1.0
-    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA), f
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp), f
 
 
 def render_finding(image_u8: np.ndarray, heatmap: np.ndarray, boxes: Sequence[Sequence[float]], finding: str,
                    prob: float | None, *, method: str = "", truth: Sequence[Sequence[float]] = (),
-                   extra: str = "", max_side: int = 1024, alpha: float = 0.45) -> np.ndarray:
+                   extra: str = "", max_side: int = 1024, min_side: int = 256, alpha: float = 0.45) -> np.ndarray:
     """The figure for one finding: overlay, detected boxes (white), ground-truth boxes (green), and a caption with
-    the finding, its probability, the method and the research-use notice. Returns RGB uint8."""
-    image, f = fit_display(np.asarray(image_u8), max_side)
+    the finding, its probability, the method and the research-use notice. Returns RGB uint8, long side scaled into
+    [min_side, max_side]."""
+    image, f = fit_display(np.asarray(image_u8), max_side, min_side)
     heat = np.asarray(heatmap, dtype=np.float32)
     rgb = overlay(image, heat, alpha=alpha)
     scale = lambda bs: [tuple(v * f for v in b[:4]) for b in bs]  # noqa: E731

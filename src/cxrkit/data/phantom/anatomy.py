@@ -54,6 +54,10 @@ class Anatomy:
     offset: float = 0.0
     gamma: float = 1.0
     vessel_gain: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # the film's geometry before findings changed it: ribs, vessels, hila, breasts and the heart stay anchored
+    # to it, so a sign only changes pixels near itself (a collapse raises one hemidiaphragm, not every rib)
+    cp0: list[float] = field(default_factory=list)
+    heart_y: float = 0.0
     _outlines: list | None = field(default=None, repr=False)
 
     def freeze(self) -> None:
@@ -65,6 +69,9 @@ class Anatomy:
     def height(self, side: int) -> float:
         return self.cp[side] - self.top[side]
 
+    def base_height(self, side: int) -> float:
+        return self.cp0[side] - self.top[side]
+
     def x(self, side: int, r) -> np.ndarray:
         """Film x of a distance ``r`` from the midline on ``side``."""
         return 0.5 + SIGN[side] * np.asarray(r)
@@ -75,10 +82,10 @@ class Anatomy:
         if self._outlines is not None:
             return self._outlines[side]
         t, h, lat, med = self.top[side], self.height(side), self.lat[side], self.med[side]
-        cp, dh = self.cp[side], self.dome_h[side]
+        h0, cp, dh = self.base_height(side), self.cp[side], self.dome_h[side]
         lateral = chaikin(np.array([
-            (med, t + 0.22 * h), (med + 0.04, t + 0.03), (med + 0.30 * (lat - med), t),
-            (med + 0.70 * (lat - med), t + 0.08 * h), (lat * 0.97, t + 0.30 * h), (lat, t + 0.60 * h),
+            (med, t + 0.22 * h0), (med + 0.04, t + 0.03), (med + 0.30 * (lat - med), t),
+            (med + 0.70 * (lat - med), t + 0.08 * h0), (lat * 0.97, t + 0.30 * h0), (lat, t + 0.60 * h0),
             (lat * 0.985, cp - 0.05 * h), (lat * 0.955, cp),
         ]), 3)
         peak = 0.5 * lat
@@ -100,7 +107,7 @@ class Anatomy:
         return float(np.mean([c - 0.72 * d for c, d in zip(self.cp, self.dome_h)]))
 
     def hilum(self, side: int) -> tuple[float, float]:
-        return float(self.x(side, self.med[side] + 0.035)), self.top[side] + self.hilum_s * self.height(side)
+        return float(self.x(side, self.med[side] + 0.035)), self.top[side] + self.hilum_s * self.base_height(side)
 
     def heart_polygon(self) -> np.ndarray:
         """The cardiac silhouette: right atrial border close to the spine, left border sweeping out over the left
@@ -109,7 +116,7 @@ class Anatomy:
         width = self.ctr * (self.lat[0] + self.lat[1]) * self.heart_mag * 1.02  # smoothing trims the extremes
         right, left = 0.33 * width, 0.67 * width
         h = self.heart_b * self.heart_mag ** 0.5
-        y_md = self.medial_diaphragm_y()
+        y_md = self.heart_y
         top = y_md - h
         tilt = (self.heart_angle - 18) / 100  # how far down the left ventricle bulges
         pts = np.array([
@@ -122,13 +129,13 @@ class Anatomy:
         return chaikin(pts, 3)
 
     def aortic_knob(self) -> np.ndarray:
-        return ellipse_pts(float(self.x(1, self.med[1] - 0.004)), self.top[1] + 0.27 * self.height(1), 0.03,
+        return ellipse_pts(float(self.x(1, self.med[1] - 0.004)), self.top[1] + 0.27 * self.base_height(1), 0.03,
                            0.026, 0, n=24)
 
     def body_half_width(self, ys: np.ndarray) -> np.ndarray:
         """Half-width of the body silhouette at film heights ``ys`` (neck, shoulders, chest, abdomen)."""
         sy = self.shoulder_y
-        ky = np.array([-0.1, sy - 0.09, sy - 0.05, sy, sy + 0.06, self.top[0] + 0.35 * self.height(0), 0.85, 1.1])
+        ky = np.array([-0.1, sy - 0.09, sy - 0.05, sy, sy + 0.06, self.top[0] + 0.35 * self.base_height(0), 0.85, 1.1])
         kw = np.array([self.neck_hw, self.neck_hw * 1.1, self.shoulder_hw * 0.7, self.shoulder_hw * 0.92,
                        self.shoulder_hw, self.body_hw, self.body_hw * 1.02, self.body_hw * 0.98])
         return np.interp(ys, ky, kw).astype(np.float32)
@@ -144,13 +151,13 @@ def _vessel_trees(rng: np.random.Generator) -> list[list[np.ndarray]]:
     # trunks leave from along the hilum (upper ones higher), not from one point: no sunburst
     start = np.stack([np.abs(np.sin(angles)) * 0.03, np.sin(angles) * 0.07], axis=-1)
     gens = []
-    for _ in range(5):
+    for _ in range(4):
         end = start + np.stack([np.cos(angles), np.sin(angles) * 0.6], axis=-1) * length[..., None]
         gens.append(np.stack([start, end], axis=2))
         spread = np.deg2rad(rng.uniform(12, 30, angles.shape))
         angles = np.concatenate([angles - spread, angles + spread], axis=1)
         angles += np.deg2rad(rng.normal(0, 9, angles.shape))
-        length = np.concatenate([length, length], axis=1) * rng.uniform(0.6, 0.82, angles.shape)
+        length = np.concatenate([length, length], axis=1) * rng.uniform(0.65, 0.85, angles.shape)
         start = np.concatenate([end, end], axis=1)
     return [[g[k] for g in gens] for k in (0, 1)]
 
@@ -203,6 +210,8 @@ def sample_anatomy(patient: np.random.Generator, film: np.random.Generator, *, v
         anat.clavicle_tilt *= 0.4
     else:
         anat.heart_mag = 1.0 + film.normal(0, 0.01)
+    anat.cp0 = list(anat.cp)
+    anat.heart_y = anat.medial_diaphragm_y()
     if film.random() < 0.65:
         anat.gastric_bubble = (film.uniform(0.025, 0.05), film.uniform(0.018, 0.03))
     anat.shift = (float(film.normal(0, 0.015)), float(film.normal(0, 0.015)))

@@ -78,7 +78,7 @@ def build_scene(anat: Anatomy, size: int) -> Scene:
     outlines = [anat.lung_outline(0), anat.lung_outline(1)]
     heart = np.zeros((s, s), np.uint8)
     fill_poly(heart, anat.heart_polygon(), 1, s)
-    heart[int(np.ceil(anat.medial_diaphragm_y() * s)) + 1:] = 0  # below the diaphragm it merges with the liver
+    heart[int(np.ceil(anat.heart_y * s)) + 1:] = 0  # below the diaphragm it merges with the liver
     knob = np.zeros((s, s), np.uint8)
     fill_poly(knob, anat.aortic_knob(), 1, s)
     sides = []
@@ -108,16 +108,14 @@ def film_lut(gamma: float) -> np.ndarray:
     return np.round(255.0 * y**gamma).astype(np.uint8)
 
 
-def quasi_normal(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Zero-mean, unit-variance, nearly Gaussian noise (a sum of four uniform bytes; ~10x faster than
-    ``standard_normal``, and no visible difference in film grain)."""
-    b = np.frombuffer(rng.bytes(4 * size * size), dtype=np.uint8).reshape(4, size, size)
-    total = b[0].astype(np.float32)
-    total += b[1]
-    total += b[2]
-    total += b[3]
-    total -= 510.0
-    total *= 1.0 / 147.8
+def grain(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Zero-mean, unit-variance film grain: the sum of two uniform bytes (a triangular, bell-like
+    distribution), about 5x faster than ``standard_normal`` and indistinguishable on a film."""
+    b = rng.integers(0, 1 << 16, (size, size), dtype=np.uint16).view(np.uint8).reshape(size, size, 2)
+    total = b[..., 0].astype(np.float32)
+    total += b[..., 1]
+    total -= 255.0
+    total *= 1.0 / 104.5
     return total
 
 
@@ -138,16 +136,15 @@ def finish(sc: Scene, boxes_px: dict, noise_rng: np.random.Generator, noise: flo
     dens += sc.lesion
     m = pose_matrix(a, s)
     dens = cv2.warpAffine(dens, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    lung = cv2.warpAffine(sc.lung * np.uint8(255), m, (s, s), flags=cv2.INTER_LINEAR,
+    lung = cv2.warpAffine(sc.lung * np.uint8(255), m, (s, s), flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    lung = np.where(lung >= 128, np.uint8(255), np.uint8(0))
 
     # exposure (gain, offset) on density, noise, then the film curve: a saturating response that compresses
     # contrast in dense regions (ribs fade over the heart and abdomen) folded with gamma into one lookup table
     lin = dens * (a.gain / DENSITY_RANGE) + (a.offset - DENSITY_FLOOR / DENSITY_RANGE)
     if noise > 0:
-        lin += quasi_normal(noise_rng, s) * (noise * (0.5 + np.clip(lin, 0, 1)))
-    q = np.clip(lin * 4095.0 + 0.5, 0, 4095).astype(np.uint16)
+        lin += grain(noise_rng, s) * (noise * (0.5 + np.clip(lin, 0, 1)))
+    q = cv2.min(cv2.multiply(lin, 4095.0, dtype=cv2.CV_16U), 4095)  # OpenCV rounds and saturates below 0
     image = np.take(film_lut(a.gamma), q)
 
     out_boxes = {}

@@ -65,6 +65,7 @@ class Emphysema(Sign):
     def adjust(self, anat: Anatomy) -> None:
         g = self.g
         anat.cp = [c + 0.035 * g for c in anat.cp]
+        anat.heart_y += 0.03 * g  # the heart hangs lower on the flattened diaphragm
         anat.dome_h = [d * max(0.2, 1 - 0.5 * g) for d in anat.dome_h]
         anat.lat = [l + 0.008 * g for l in anat.lat]
         anat.ctr *= 1 - 0.08 * g
@@ -128,7 +129,8 @@ class Atelectasis(Sign):
         p.data *= lung_crop(sc, p, k) * (0.22 * self.c)
         p.add_to(sc.lesion)
         # the volume loss: the band between the raised and the former diaphragm belongs to the sign
-        lx = sc.outlines[k]["diaphragm"][:, 0]
+        # (from the chest wall to the mediastinum: the costophrenic recess and the abdomen below it move too)
+        lx = np.append(sc.outlines[k]["diaphragm"][:, 0], a.x(k, a.body_hw))
         dome_top = a.cp[k] - a.dome_h[k]
         vol = (min(lx) * sc.size, (dome_top - 0.01) * sc.size, max(lx) * sc.size, (self.old_cp + 0.01) * sc.size)
         return union_box(p.footprint(0.25), vol)
@@ -227,7 +229,7 @@ class Hernia(Sign):
         r, a = self.rng, sc.anat
         rx, ry = r.uniform(0.035, 0.06), r.uniform(0.028, 0.045)
         cx = 0.5 + r.uniform(-0.01, 0.05)
-        cy = a.medial_diaphragm_y() - r.uniform(0.03, 0.06)
+        cy = a.heart_y - r.uniform(0.03, 0.06)
         level = cy + r.uniform(0.0, 0.45) * ry
         outline = ellipse_pts(cx, cy, rx, ry, r.uniform(-10, 10), n=36)
         p = Patch(sc.size, cx - rx, cy - ry, cx + rx, cy + ry, margin=0.015)

@@ -23,7 +23,7 @@ def draw_base(sc: Scene, texture_rng: np.random.Generator) -> None:
     sc.soft += (0.07 * abdomen) * thick
     lung = sc.lung.astype(np.float32)
     # air removes density; apices darken less (overlying soft tissue and first ribs), bases a little less too
-    rel = (sc.ys - min(a.top)) / max(a.height(0), 0.2)
+    rel = (sc.ys - min(a.top)) / max(a.base_height(0), 0.2)
     air_profile = a.lung_air * (1.0 - 0.3 * np.exp(-np.clip(rel, 0, None) / 0.12) - 0.12 * np.clip(rel - 0.7, 0, 1))
     sc.soft -= lung * air_profile
     np.add(sc.soft, 0.05, out=sc.soft, where=sc.heart.astype(bool))
@@ -49,7 +49,7 @@ def draw_base(sc: Scene, texture_rng: np.random.Generator) -> None:
 def _abdomen_pts(sc: Scene) -> np.ndarray:
     a = sc.anat
     d0, d1 = sc.outlines[0]["diaphragm"], sc.outlines[1]["diaphragm"]
-    return np.vstack([[(-0.05, a.cp[0] + 0.01)], d0, d1[::-1], [(1.05, a.cp[1] + 0.01), (1.05, 1.05),
+    return np.vstack([[(-0.05, a.cp0[0] + 0.01)], d0, d1[::-1], [(1.05, a.cp0[1] + 0.01), (1.05, 1.05),
                                                                (-0.05, 1.05)]])
 
 
@@ -66,7 +66,7 @@ def _trachea(sc: Scene) -> None:
 def _breasts(sc: Scene) -> None:
     a = sc.anat
     for k in (0, 1):
-        cx, cy = float(a.x(k, 0.62 * a.lat[k])), a.cp[k] - 0.08
+        cx, cy = float(a.x(k, 0.62 * a.lat[k])), a.cp0[k] - 0.08
         bw, bh = 0.19, 0.12 * a.breast
         t = np.linspace(0, np.pi, 24)
         pts = np.stack([cx + bw * np.cos(t), cy + bh * np.sin(t) - 0.02 * np.sin(t) ** 8], axis=1)
@@ -105,7 +105,7 @@ def _ribs(sc: Scene, bones: np.ndarray) -> None:
         lat_pts = sc.outlines[k]["lateral"]
         order = np.argsort(lat_pts[:, 1])
         reach = np.maximum.accumulate(np.abs(lat_pts[order, 0] - 0.5))
-        y0 = a.top[k] - 0.045 + np.arange(11) * (0.105 * a.height(k) * a.rib_scale)
+        y0 = a.top[k] - 0.045 + np.arange(11) * (0.105 * a.base_height(k) * a.rib_scale)
         wall = np.interp(y0 + 0.05, lat_pts[order, 1], reach, left=a.med[k] + 0.05)[:, None] + 0.025
         r = 0.025 + (wall - 0.025) * t
         y = y0[:, None] - 0.04 * np.sin(np.pi * t * 0.8) + 0.11 * t**2.2
@@ -116,31 +116,39 @@ def _ribs(sc: Scene, bones: np.ndarray) -> None:
         ant.append(np.stack([a.x(k, bend), by], axis=2))
     post, ant = np.concatenate(post), np.concatenate(ant)
     # ribbons filled as polygons: much faster than thick polylines; ribs of one group never overlap
-    fill_disjoint(bones, _ribbons(ant, 0.008), 0.03, sc.size)
+    fill_disjoint(bones, _ribbons(ant, _normals(ant), 0.008), 0.03, sc.size)
     rib = np.zeros_like(bones)
-    fill_disjoint(rib, _ribbons(post, 0.012), 0.065, sc.size)
-    fill_disjoint(rib, _ribbons(post, 0.006), 0.045, sc.size)  # marrow: cortical edges read brighter
+    n = _normals(post)
+    fill_disjoint(rib, _ribbons(post, n, 0.012), 0.065, sc.size)
+    fill_disjoint(rib, _ribbons(post, n, 0.006), 0.045, sc.size)  # marrow: cortical edges read brighter
     bones += rib
 
 
-def _ribbons(lines: np.ndarray, half: float) -> np.ndarray:
+def _normals(lines: np.ndarray) -> np.ndarray:
+    """Unit normals of (K, N, 2) polylines (central differences, one-sided at the ends)."""
+    d = np.empty_like(lines)
+    d[:, 1:-1] = lines[:, 2:] - lines[:, :-2]
+    d[:, 0], d[:, -1] = lines[:, 1] - lines[:, 0], lines[:, -1] - lines[:, -2]
+    n = d[..., ::-1] * np.array([-1.0, 1.0])
+    return n / np.maximum(np.sqrt((n * n).sum(-1, keepdims=True)), 1e-9)
+
+
+def _ribbons(lines: np.ndarray, normals: np.ndarray, half: float) -> np.ndarray:
     """(K, N, 2) centre lines -> (K, 2N, 2) closed outlines ``half`` wide on each side."""
-    d = np.gradient(lines, axis=1)
-    n = np.stack([-d[..., 1], d[..., 0]], axis=-1)
-    n *= half / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9)
-    return np.concatenate([lines + n, (lines - n)[:, ::-1]], axis=1)
+    off = normals * half
+    return np.concatenate([lines + off, (lines - off)[:, ::-1]], axis=1)
 
 
 def _clavicles_scapulae(sc: Scene, bones: np.ndarray) -> None:
     a = sc.anat
     cl, scap = [], []
     for k in (0, 1):
-        r = np.array([0.03, 0.10, 0.2, 0.3, 0.38, a.lat[k] + 0.08])
+        r = np.array([0.03, 0.10, 0.2, 0.3, 0.38, min(a.lat[k] + 0.08, a.shoulder_hw - 0.015)])
         yy = a.clavicle_y + np.array([0.03, 0.005, -0.015, -0.03, -0.042, -0.045]) * (a.clavicle_tilt / 0.045)
         cl.append(np.stack([a.x(k, r), yy], axis=1))
         # scapula: a lateral triangle; AP films swing its medial border over the lung
         r_med = a.lat[k] + 0.01 - 0.09 * a.scapula_over_lung
-        tri = np.array([(r_med, a.top[k] + 0.03), (r_med + 0.025, a.top[k] + 0.36 * a.height(k)),
+        tri = np.array([(r_med, a.top[k] + 0.03), (r_med + 0.025, a.top[k] + 0.36 * a.base_height(k)),
                         (a.lat[k] + 0.1, a.top[k] + 0.04)])
         scap.append(np.stack([a.x(k, tri[:, 0]), tri[:, 1]], axis=1))
     tmp = np.zeros_like(bones)
@@ -153,12 +161,12 @@ def _clavicles_scapulae(sc: Scene, bones: np.ndarray) -> None:
 def _vessels(sc: Scene, out: np.ndarray) -> None:
     """Hilar shadows, then the vessel trees (central trunks thick, the rest 1 px before the fine blur)."""
     a = sc.anat
-    dens = (0.1, 0.08, 0.062, 0.046, 0.034)
-    thick = (0.011, 0.008, 0, 0, 0)
+    dens = (0.1, 0.08, 0.06, 0.042)
+    thick = (0.011, 0.008, 0, 0)
     for k in (0, 1):
         hx, hy = a.hilum(k)
         fill_poly(out, ellipse_pts(hx + SIGN[k] * 0.01, hy, 0.02, 0.042, SIGN[k] * 15, n=16), 0.08, sc.size)
-        scale = np.array([SIGN[k] * (a.lat[k] - a.med[k]), a.height(k)])
+        scale = np.array([SIGN[k] * (a.lat[k] - a.med[k]), a.base_height(k)])
         for g, segs in enumerate(a.vessels[k]):
             polylines(out, np.array([hx, hy]) + segs * scale, dens[g] * a.vessel_gain[k], sc.px(thick[g]),
                       sc.size)

@@ -16,6 +16,9 @@ from cxrkit.data.errors import CxrError, ImageError
 
 GREY_PHOTOMETRIC = {None, "grey", "grey+alpha"}
 HEATMAP_MAX_SIDE = 512
+# CAM maps are coarse (7 x 7 cells for DenseNet-121 at 224 px): overlays at a long side of 128 px lose nothing
+# and keep 14 of them around 100 KB; clients scale them to the image (browsers interpolate smoothly).
+OVERLAY_MAX_SIDE = 128
 
 
 class UnsupportedImage(ImageError):
@@ -126,8 +129,9 @@ class ModelService:
                 for j in range(len(images))]
 
     def heatmaps(self, image: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        """The decoded image at display size (grey PNG) and, per finding, a transparent RGBA PNG of the same size
-        to lay over it: the heatmap in the jet colour map, opacity rising with the heat (cold areas see-through)."""
+        """The decoded image at display size (grey PNG) and, per finding, a transparent RGBA PNG with the same
+        aspect ratio (long side OVERLAY_MAX_SIDE) to scale over it: the heatmap in the jet colour map, opacity
+        rising with the heat (cold areas see-through)."""
         from cxrkit.explain import explain_images
         from cxrkit.explain.cam import concrete_method
         from cxrkit.explain.overlay import fit_display
@@ -135,8 +139,9 @@ class ModelService:
         start = time.perf_counter()
         maps = explain_images(self.predictor, [image], list(names))[0]
         display, _ = fit_display(image, HEATMAP_MAX_SIDE)
+        small, _ = fit_display(display, OVERLAY_MAX_SIDE)
         out = {"method": concrete_method(self.predictor), "image": png_b64(display),
-               "overlays": {n: png_b64(heat_rgba(maps[n], display.shape)) for n in names}}
+               "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}
         if self.metrics is not None:
             self.metrics.heatmap.observe(time.perf_counter() - start)
         return out

@@ -17,6 +17,7 @@ from cxrkit.deploy.serve.errors import send_json_error
 # and time so a never-ending chunked stream cannot hold the connection.
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_MAX_SECONDS = 2.0
+DRAIN_IDLE_SECONDS = 0.2  # a client that has stopped sending is not waited for
 
 
 class UploadTooLarge(Exception):
@@ -81,14 +82,15 @@ class BodySizeLimit:
 
 
 async def _drain(receive) -> None:
-    """Read and drop what is left of a refused body, within DRAIN_MAX_BYTES / DRAIN_MAX_SECONDS."""
+    """Read and drop what is left of a refused body, within DRAIN_MAX_BYTES / DRAIN_MAX_SECONDS, stopping as soon
+    as the client pauses for DRAIN_IDLE_SECONDS."""
     got, end = 0, time.monotonic() + DRAIN_MAX_SECONDS
     while got < DRAIN_MAX_BYTES:
         left = end - time.monotonic()
         if left <= 0:
             return
         try:
-            message = await asyncio.wait_for(receive(), left)
+            message = await asyncio.wait_for(receive(), min(left, DRAIN_IDLE_SECONDS))
         except (asyncio.TimeoutError, OSError):
             return
         if message["type"] != "http.request":

@@ -36,7 +36,8 @@ class Heatmaps(BaseModel):
     method: str = Field(..., description="cam, attention, gradcam or gradcam++")
     image: str = Field(..., description="the decoded image at display size, data:image/png;base64")
     overlays: Dict[str, str] = Field(..., description="finding -> transparent RGBA heatmap (jet colours, alpha = "
-                                                    "heat) the size of `image`, to lay over it; data:image/png;base64")
+                                                    "heat), same aspect as `image` with a long side of at most 128 "
+                                                    "px: scale it over `image`; data:image/png;base64")
 
 
 class PredictResponse(BaseModel):

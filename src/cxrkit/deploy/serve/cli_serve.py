@@ -1,0 +1,124 @@
+"""`cxr serve` (the REST service and web page) and `cxr bench serve` (load benchmark)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        bundle: Path = typer.Argument(..., help="bundle directory (with --backend onnx: its model.onnx is used)"),
+        host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+        port: int = typer.Option(8000, min=1, max=65535),
+        api_key: Optional[str] = typer.Option(None, help="API key clients send in X-API-Key (default: $CXR_API_KEY)",
+                                              show_default=False),
+        no_auth: bool = typer.Option(False, "--no-auth", help="no API key; only allowed on a loopback --host"),
+        max_batch: int = typer.Option(16, min=1, help="micro-batch size limit (1: batching off)"),
+        max_wait_ms: float = typer.Option(10.0, min=0.0, help="how long a batch waits to fill"),
+        max_upload_mb: float = typer.Option(20.0, min=0.001, help="request body limit (413 above it)"),
+        timeout_s: float = typer.Option(30.0, min=0.01, help="per-request limit (504 after it)"),
+        max_queue: int = typer.Option(256, min=1, help="requests allowed to wait for the model (503 beyond)"),
+        workers: int = typer.Option(1, min=1, help="server processes (each loads the model)"),
+        backend: str = typer.Option("torch", help="torch or onnx"),
+        device: str = typer.Option("cpu", help="cpu or cuda"),
+        log_level: str = typer.Option("info", help="debug, info, warning or error"),
+    ) -> None:
+        """Serve a bundle over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics and a web page at /.
+
+        Auth is on by default (X-API-Key). Logs hold request ids, sizes, status and latency only: never file
+        names or DICOM patient fields. Research use only.
+        """
+        import logging
+        import os
+
+        import uvicorn
+
+        from cxrkit import RESEARCH_NOTICE
+        from cxrkit.deploy.serve.app import CONFIG_ENV, MB, create_app
+        from cxrkit.deploy.serve.auth import API_KEY_ENV, resolve_api_key
+        from cxrkit.deploy.serve.errors import ServeError
+
+        key = resolve_api_key(api_key, no_auth=no_auth, host=host)
+        if not bundle.exists():
+            raise ServeError(f"{bundle}: no such bundle directory (cxr train writes RUN_DIR/bundle)")
+        level = log_level.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ServeError(f"--log-level {log_level!r}: choose debug, info, warning or error")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        settings = {"max_upload_bytes": int(max_upload_mb * MB), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                    "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device}
+        typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
+        auth = "API key required (X-API-Key)" if key else "NO AUTH (loopback only)"
+        typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
+                   f"{workers} worker(s)]", err=True)
+        common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+        if workers == 1:
+            app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings)
+            uvicorn.run(app_obj, **common)
+            return
+        # Worker processes build their own app from the environment (uvicorn needs an import string for them).
+        os.environ[CONFIG_ENV] = json.dumps({"bundle": str(bundle.resolve()), "no_auth": key is None, **settings})
+        if key:
+            os.environ[API_KEY_ENV] = key
+        uvicorn.run("cxrkit.deploy.serve.app:app_from_env", factory=True, workers=workers, **common)
+
+    @groups["bench"].command("serve")
+    def bench_serve_cmd(
+        bundle: Path = typer.Argument(..., help="bundle directory"),
+        duration: float = typer.Option(60.0, min=1.0, max=3600.0, help="seconds of load per mode"),
+        concurrency: int = typer.Option(8, min=1, max=256, help="clients sending back to back"),
+        image: Optional[Path] = typer.Option(None, help="PNG/JPEG/DICOM to send (default: a synthetic 1024-px film)"),
+        max_batch: int = typer.Option(16, min=2, help="batch limit of the batched mode"),
+        max_wait_ms: float = typer.Option(10.0, min=0.0),
+        modes: str = typer.Option("batched,unbatched", help="comma-separated: batched, unbatched"),
+        max_requests: int = typer.Option(1_000_000, min=1, help="stop a mode after this many requests"),
+        backend: str = typer.Option("torch", help="torch or onnx"),
+        out: Optional[Path] = typer.Option(None, help="write the results JSON here (a .md table beside it)"),
+    ) -> None:
+        """Throughput, p50/p99 latency and server memory under sustained loopback load, micro-batching on vs off.
+
+        Starts a `cxr serve` subprocess per mode on 127.0.0.1 (random port, no auth: loopback only), stops it after
+        --duration seconds or --max-requests. For the memory-over-time figure use --duration 600.
+        """
+        import shlex
+        import sys
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from cxrkit.deploy.serve.bench_load import markdown, run_mode, synthetic_film_png
+        from cxrkit.deploy.serve.errors import ServeError
+
+        wanted = [m.strip() for m in modes.split(",") if m.strip()]
+        if not wanted or set(wanted) - {"batched", "unbatched"}:
+            raise ServeError(f"--modes {modes!r}: use batched, unbatched or both (comma-separated)")
+        if image is not None and not image.is_file():
+            raise ServeError(f"--image {image}: file not found")
+        payload = image.read_bytes() if image else synthetic_film_png()
+        desc = f"{image.name} ({len(payload)} bytes)" if image else f"synthetic 1024 x 1024 PNG ({len(payload)} bytes)"
+        console = Console(stderr=True)
+        results = []
+        for mode in wanted:
+            mb = max_batch if mode == "batched" else 1
+            console.print(f"[bold]{mode}[/]: max batch {mb}, {concurrency} clients, {duration:g} s ...")
+            results.append(run_mode(bundle, payload, max_batch=mb, max_wait_ms=max_wait_ms, concurrency=concurrency,
+                                    duration_s=duration, max_requests=max_requests, backend=backend))
+        table = Table(title="cxr bench serve (loopback)")
+        for col in ("mode", "req/s", "p50 ms", "p99 ms", "mean batch", "RSS max MB", "errors"):
+            table.add_column(col)
+        for mode, r in zip(wanted, results):
+            table.add_row(mode, str(r["req_per_s"]), str(r["p50_ms"]), str(r["p99_ms"]), str(r["mean_batch"]),
+                          str(r["rss_max_mb"]), str(r["errors"] or 0))
+        console.print(table)
+        command = "cxr bench serve " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else \
+            f"cxr bench serve {bundle} --duration {duration:g} --concurrency {concurrency}"
+        md = markdown(results, command, desc)
+        typer.echo(md)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"command": command, "image": desc, "results": results}, indent=2))
+            out.with_suffix(".md").write_text(md)
