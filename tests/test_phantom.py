@@ -164,7 +164,7 @@ def test_difficulty_controls_contrast_and_noise():
     assert Difficulty.level(0.5) == Difficulty() == resolve_difficulty(None) == resolve_difficulty("default")
     with pytest.raises(DifficultyError, match="in \\[0, 1\\]"):
         Difficulty.level(1.5)
-    with pytest.raises(DifficultyError, match="preset"):
+    with pytest.raises(DifficultyError, match="easy, default"):
         resolve_difficulty("impossible")
 
 
