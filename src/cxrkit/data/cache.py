@@ -1,6 +1,6 @@
 """The prepared cache: ``prepare`` writes it once (cache_write), ``open_cache`` maps it (cache_read).
 
-Layout of a cache folder (see docs/data_cache.md): ``manifest.json``, ``images.npy`` (N x S x S uint8),
+Layout of a cache folder (see docs/data.md): ``manifest.json``, ``images.npy`` (N x S x S uint8),
 ``index.parquet`` (row i = image i), ``boxes.parquet`` (cache pixels), ``bad_files.csv``.
 """
 from __future__ import annotations

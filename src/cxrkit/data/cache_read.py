@@ -1,4 +1,4 @@
-"""Reading a prepared cache (see docs/data_cache.md): the on-disk layout, atomic file helpers, :class:`Cache`."""
+"""Reading a prepared cache (see docs/data.md): the on-disk layout, atomic file helpers, :class:`Cache`."""
 from __future__ import annotations
 
 import hashlib

@@ -3,7 +3,7 @@
 Order of work (each step safe to kill; a re-run with the same source and size continues):
 plan (splits + leakage check) -> partial manifest -> preallocated images.npy -> chunks decoded in parallel, each
 with a done-marker -> bad rows compacted away -> index/boxes/bad_files -> leakage check -> content hash ->
-complete manifest. See docs/data_cache.md.
+complete manifest. See docs/data.md.
 """
 from __future__ import annotations
 
