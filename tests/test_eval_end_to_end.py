@@ -28,7 +28,9 @@ def setup(tmp_path_factory, shared_data):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("e2e")
-    cache = prepare(shared_data / "nih-sample", root / "cache", size=48, workers=1, progress=False)
+    # with the NIH boxes: 2 of the sample's 6 boxed images fall in the test split (localisation is exercised)
+    cache = prepare(shared_data / "nih-sample", root / "cache", size=48, workers=1, progress=False,
+                    bbox_csv=shared_data / "nih-metadata" / "BBox_List_2017.csv.gz")
     torch.manual_seed(0)
     b0 = save_bundle(root / "b0", create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=48,
                      preresize=48, mean=0.449, std=0.226)
@@ -86,6 +88,7 @@ def test_evaluate_writes_metrics_and_report(setup, shared_data):
     assert disk["comparison"]["mean_auroc"]["diff"] is not None
     assert disk["adjudicated"]["not_covered"] == {"Fracture": "no NIH output describes it"}
     assert all(not s["comparable"] for s in disk["published"]["studies"].values())
+    assert {"Nodule", "Pneumonia"} <= set(disk["localisation"]), disk["localisation"]
     assert disk["calibration"]["method"] == "temperature" and disk["calibration"]["mean_ece"] is not None
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "Research use only" in html
@@ -124,13 +127,38 @@ def test_cli_evaluate_without_explain_says_heatmaps_unavailable(setup, monkeypat
     assert "heatmaps unavailable:" in (root / "noexp" / "report.html").read_text()
 
 
-def test_phantom_report_carries_the_warning(setup):
-    root, cache, b0, _ = setup
-    m = json.loads((root / "noexp" / "metrics.json").read_text())
-    assert PHANTOM_WARNING not in render_report(m, {}, "x", m["command"])
-    m["data"]["is_phantom"] = True
-    html = render_report(m, {}, "x", m["command"])
+def test_cli_triage_sim_from_bundle_and_cache(setup):
+    import typer
+    from typer.testing import CliRunner
+
+    from cxrkit.evaluation.cli import register
+
+    root, cache, _, b1 = setup
+    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
+    register(app, groups)
+    res = CliRunner().invoke(app, ["triage-sim", "--bundle", str(b1), "--cache", str(cache.path), "--out",
+                                   str(root / "tri"), "--hours", "24", "--readers", "1", "--arrival-rate", "10"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((root / "tri" / "triage.json").read_text())
+    assert out["params"]["readers"] == 1 and out["n_cases"] > 100
+
+
+def test_phantom_evaluation_is_flagged_synthetic(tmp_path):
+    from cxrkit.data import prepare
+    from cxrkit.data.phantom import generate
+
+    generate(tmp_path / "ph", 60, size=48, seed=0, progress=False)
+    cache = prepare(tmp_path / "ph", tmp_path / "phc", size=48, workers=1, progress=False)
+    torch.manual_seed(0)
+    b = save_bundle(tmp_path / "b", create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=48,
+                    mean=0.449, std=0.226)
+    m = evaluate(b, cache, "test", tmp_path / "out", n_boot=20, progress=False, heatmaps=False)
+    assert m["data"]["is_phantom"] is True
+    assert all(not s["comparable"] and "phantom" in s["reason"] for s in m["published"]["studies"].values())
+    html = (tmp_path / "out" / "report.html").read_text()
     assert PHANTOM_WARNING in html and "synthetic phantoms" in html
+    m["data"]["is_phantom"] = False
+    assert PHANTOM_WARNING not in render_report(m, {}, "x", m["command"])
 
 
 def test_bad_requests_are_clear_errors(setup, tmp_path):

@@ -365,3 +365,24 @@ def test_no_auth_is_loopback_only(bundle, nih_png):
 
     assert asyncio.run(from_peer("127.0.0.1")).status_code == 200
     _assert_error(asyncio.run(from_peer("10.1.2.3")), 403, "loopback")
+
+
+# -- no PHI in logs or responses -------------------------------------------------------------------
+def test_no_phi_in_logs_or_response(client, dicom, caplog):
+    import io
+    import logging
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PHI-ID-4711", "19470101"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with caplog.at_level(logging.DEBUG):
+        r = _predict(client, buf.getvalue(), "Doe_Jane_PHI-ID-4711.dcm")
+        _predict(client, b"\0" * 128 + b"DICM" + b"Doe^Jane", "Doe_Jane.dcm")
+    assert r.status_code == 200, r.text
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert f"request_id={r.json()['request_id']}" in text and "status=200" in text  # the request was logged...
+    for phi in ("Doe", "Jane", "4711", "19470101"):  # ...without the file name or patient fields
+        assert phi not in text and phi not in r.text

@@ -2,7 +2,6 @@
 inference speed across backends (``cxr bench infer``)."""
 from __future__ import annotations
 
-import glob
 import time
 from pathlib import Path
 from typing import Any

@@ -34,7 +34,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         triage_readers: Annotated[int, typer.Option(help="Triage simulation: readers.")] = 2,
         triage_arrival_rate: Annotated[float, typer.Option(help="Triage simulation: cases per hour.")] = 20.0,
         triage_read_minutes: Annotated[float, typer.Option(help="Triage simulation: mean reading minutes.")] = 5.0,
-        triage_hours: Annotated[float, typer.Option(help="Triage simulation: hours of arrivals.")] = 8.0,
+        triage_hours: Annotated[float, typer.Option(help="Triage simulation: hours of arrivals.")] = 100.0,
         heatmaps: Annotated[bool, typer.Option(help="Heatmap gallery in the report (needs cxrkit.explain).")]
         = True,
         localisation: Annotated[bool, typer.Option(help="Localisation scores when the cache has boxes.")] = True,
@@ -96,7 +96,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         arrival_rate: Annotated[float, typer.Option(help="Poisson arrivals per hour.")] = 20.0,
         read_minutes: Annotated[float, typer.Option(help="Mean reading time per case (minutes).")] = 5.0,
         read_dist: Annotated[str, typer.Option(help="lognormal or exponential.")] = "lognormal",
-        hours: Annotated[float, typer.Option(help="Hours of arrivals simulated.")] = 8.0,
+        hours: Annotated[float, typer.Option(help="Hours of arrivals simulated.")] = 100.0,
         seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
         out: Annotated[Path, typer.Option(help="Folder for triage.json and triage.png.")] = Path("triage"),
     ) -> None:

@@ -36,9 +36,11 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def _command(bundle, cache, split, out, n_boot, seed, calibrate, compare, adjudicated, triage) -> str:
+def _command(bundle, cache, split, out, n_boot, seed, val_split, calibrate, compare, adjudicated, triage) -> str:
     parts = ["cxr", "evaluate", str(bundle), str(cache), "--split", split, "--out", str(out), "--n-boot",
              str(n_boot), "--seed", str(seed)]
+    if val_split != "val":
+        parts += ["--val-split", val_split]
     if calibrate:
         parts += ["--calibrate", calibrate]
     if compare:
@@ -190,7 +192,6 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
                                       split_id=f"cxrkit-{data['split_policy'] or 'unknown'}")
     comparison = None
     if compare is not None:
-        from cxrkit.bundle.calibration import apply_calibration as _apply
         from cxrkit.evaluation.compare import compare_models
 
         other = load_bundle(compare, device=device) if isinstance(compare, (str, Path)) else compare
@@ -198,7 +199,7 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
             raise EvaluationError(f"--compare bundle predicts {list(other.label_names)}, the evaluated one {names}: "
                                   "compare models with the same findings")
         o = cached_predict(other, cache_obj, rows, store(f"{split}-compare"), desc="predict compare", **kw)
-        Pb = _apply(o["logits"], other.config.get("calibration")).astype(np.float64)
+        Pb = apply_calibration(o["logits"], other.config.get("calibration")).astype(np.float64)
         sum_b, reps_b = ranking_summary(Y, Pb, names, boot)
         comparison = compare_models(Y, P, Pb, names, summary, sum_b, reps, reps_b)
         comparison["other"] = str(getattr(other, "path", compare))
@@ -233,7 +234,7 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
         gallery = res if res is not None else why
 
     cmd = command or _command(getattr(pred, "path", None) or bundle_or_predictor, getattr(cache_obj, "path", cache),
-                              split, out_dir or "OUT", n_boot, seed, calibrate,
+                              split, out_dir or "OUT", n_boot, seed, val_split, calibrate,
                               getattr(compare, "path", compare), adjudicated, triage)
     model = pred.config.get("model") or {}
     metrics = {

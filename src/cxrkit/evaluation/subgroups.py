@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.evaluation.bootstrap import ClusterBootstrap, percentile_ci
+from cxrkit.evaluation.metrics import CONFUSION_METRICS
 from cxrkit.evaluation.operating import operating_metrics
 from cxrkit.evaluation.summary import ranking_summary, with_ci
 
@@ -71,6 +72,17 @@ def _gap(point: float | None, overall: float | None, reps: np.ndarray, overall_r
             "gap_ci_high": None if np.isnan(hi) else hi}
 
 
+def _operating_gaps(group_ops: dict, overall: dict) -> None:
+    """Add ``<metric>_gap`` (group - overall, point values) to each finding's Youden operating point."""
+    for name, pols in group_ops.items():
+        g = pols.get("youden", {})
+        o = overall["per_class"].get(name, {}).get("operating_points", {})
+        o = o.get("youden") or o.get("bundle") or {}
+        for m in CONFUSION_METRICS:
+            if g.get(m) is not None and o.get(m) is not None:
+                g[f"{m}_gap"] = g[m] - o[m]
+
+
 def subgroup_analysis(Y: np.ndarray, S: np.ndarray, meta: pd.DataFrame, patient_ids: np.ndarray,
                       label_names: Sequence[str], thresholds: dict, boot: ClusterBootstrap, overall: dict,
                       overall_reps: dict, min_images: int = 10) -> dict:
@@ -102,6 +114,7 @@ def subgroup_analysis(Y: np.ndarray, S: np.ndarray, meta: pd.DataFrame, patient_
             entry["mean_auroc_gap"] = _gap(summ["mean_auroc"], overall["mean_auroc"], reps["mean_auroc"],
                                            overall_reps["mean_auroc"])
             entry["operating_points"] = operating_metrics(Y, S, label_names, youden, boot, idx)
+            _operating_gaps(entry["operating_points"], overall)
             ud, ud_reps = underdiagnosis(Y, S, t_vec, boot, idx)
             ud["gap"] = _gap(ud["underdiagnosis_rate"], overall_ud["underdiagnosis_rate"], ud_reps, overall_ud_reps)
             entry["underdiagnosis"] = ud

@@ -65,7 +65,7 @@ def _run_queue(arrivals: np.ndarray, read_times: np.ndarray, priority: np.ndarra
 
 
 def simulate_worklist(scores: np.ndarray, abnormal: np.ndarray, *, readers: int = 2, arrival_rate: float = 20.0,
-                      read_minutes: float = 5.0, hours: float = 8.0, read_dist: str = "lognormal",
+                      read_minutes: float = 5.0, hours: float = 100.0, read_dist: str = "lognormal",
                       read_sigma: float = 0.5, seed: int | np.random.Generator = 0) -> TriageResult:
     """Simulate ``hours`` of arrivals at ``arrival_rate`` cases/hour read by ``readers`` readers (mean reading time
     ``read_minutes``, lognormal with log-sd ``read_sigma`` or exponential); all arrived cases are read to the end.

@@ -32,10 +32,22 @@ class Scene:
     soft: np.ndarray
     fine: np.ndarray
     lesion: np.ndarray
-    vessel_keep: np.ndarray          # float32 multiplier on lung markings (pneumothorax removes them)
-    air_extra: np.ndarray            # float32 extra lucency inside lungs (pneumothorax, emphysema)
     xs: np.ndarray = field(repr=False, default=None)  # (1, S) normalised pixel-centre x
     ys: np.ndarray = field(repr=False, default=None)  # (S, 1)
+    vessel_keep: np.ndarray | None = None  # multiplier on lung markings (None: all kept)
+    air_extra: np.ndarray | None = None    # extra lucency inside the lungs (None: none)
+
+    def add_air(self, amount) -> None:
+        """Extra lucency inside the lungs (an array or a broadcastable scalar/column)."""
+        if self.air_extra is None:
+            self.air_extra = np.zeros((self.size, self.size), np.float32)
+        self.air_extra += amount
+
+    def remove_markings(self, where: np.ndarray) -> None:
+        """Erase lung markings (vessels, texture) where ``where`` (0..1) is 1."""
+        if self.vessel_keep is None:
+            self.vessel_keep = np.ones((self.size, self.size), np.float32)
+        self.vessel_keep *= 1 - where
 
     @property
     def lung(self) -> np.ndarray:
@@ -78,7 +90,9 @@ def build_scene(anat: Anatomy, size: int) -> Scene:
     outlines = [anat.lung_outline(0), anat.lung_outline(1)]
     heart = np.zeros((s, s), np.uint8)
     fill_poly(heart, anat.heart_polygon(), 1, s)
-    heart[int(np.ceil(anat.heart_y * s)) + 1:] = 0  # below the diaphragm it merges with the liver
+    # below the diaphragm the heart merges with the liver; it reaches down to the lower lung's medial end
+    base = max(anat.heart_y, *(c - 0.72 * d for c, d in zip(anat.cp, anat.dome_h)))
+    heart[int(np.ceil(base * s)) + 1:] = 0
     knob = np.zeros((s, s), np.uint8)
     fill_poly(knob, anat.aortic_knob(), 1, s)
     sides = []
@@ -88,7 +102,7 @@ def build_scene(anat: Anatomy, size: int) -> Scene:
         sides.append(m & ~(heart | knob) & 1)
     zeros = lambda: np.zeros((s, s), np.float32)
     return Scene(size=s, anat=anat, outlines=outlines, lung_side=sides, heart=heart, soft=zeros(), fine=zeros(),
-                 lesion=zeros(), vessel_keep=np.ones((s, s), np.float32), air_extra=zeros(), xs=xs, ys=ys)
+                 lesion=zeros(), xs=xs, ys=ys)
 
 
 @dataclass

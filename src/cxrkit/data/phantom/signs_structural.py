@@ -65,8 +65,8 @@ class Emphysema(Sign):
     def adjust(self, anat: Anatomy) -> None:
         g = self.g
         anat.cp = [c + 0.035 * g for c in anat.cp]
-        anat.heart_y += 0.03 * g  # the heart hangs lower on the flattened diaphragm
         anat.dome_h = [d * max(0.2, 1 - 0.5 * g) for d in anat.dome_h]
+        anat.heart_y = max(anat.heart_y, anat.medial_diaphragm_y())  # the heart sits on the lowered diaphragm
         anat.lat = [l + 0.008 * g for l in anat.lat]
         anat.ctr *= 1 - 0.08 * g
         anat.vessel_gain = [v * max(0.3, 1 - 0.35 * g) for v in anat.vessel_gain]
@@ -77,14 +77,14 @@ class Emphysema(Sign):
     def prepare(self, sc: Scene) -> None:
         # upper-zone predominant extra lucency (centrilobular pattern)
         top = min(sc.anat.top)
-        sc.air_extra += (0.045 * self.c) * np.clip(1.2 - (sc.ys - top) * 1.5, 0.4, 1.0)
+        sc.add_air((0.045 * self.c) * np.clip(1.2 - (sc.ys - top) * 1.5, 0.4, 1.0))
         if self.bulla:
             side, s, q, r = self.bulla_at
             cx, cy = sc.lung_point(side, s, q)
-            m = np.zeros_like(sc.air_extra)
+            m = np.zeros((sc.size, sc.size), np.float32)
             fill_poly(m, ellipse_pts(cx, cy, r, r * 0.85), 1.0, sc.size)
-            sc.air_extra += 0.05 * self.c * m
-            sc.vessel_keep *= 1 - m
+            sc.add_air(0.05 * self.c * m)
+            sc.remove_markings(m)
             self.bulla_pts = ellipse_pts(cx, cy, r, r * 0.85)
 
     def draw(self, sc: Scene):
@@ -154,12 +154,12 @@ class Pneumothorax(Sign):
         w = np.clip((y_lim - wall[:, 1]) / (y_lim - a.top[k]), 0, 1) ** 0.5
         w[: max(1, len(w) // 12)] *= np.linspace(0.3, 1, max(1, len(w) // 12))  # meet the mediastinum gently
         self.line = wall + to_h * (depth * w)[:, None]
-        rim = np.zeros_like(sc.air_extra)
+        rim = np.zeros((sc.size, sc.size), np.float32)
         fill_poly(rim, np.vstack([wall, self.line[::-1]]), 1.0, sc.size)
         rim *= sc.lung_side[k]
         self.rim = rim
-        sc.air_extra += (0.12 * self.c) * rim
-        sc.vessel_keep *= 1 - rim
+        sc.add_air((0.12 * self.c) * rim)
+        sc.remove_markings(rim)
 
     def draw(self, sc: Scene):
         pts = self.line

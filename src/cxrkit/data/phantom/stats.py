@@ -66,7 +66,7 @@ def build_stats(table) -> dict:
     same_view = float((view[1:] == view[:-1])[same_patient].mean())
     step = np.diff(ages.to_numpy(dtype=float))[same_patient]
     step = step[np.isfinite(step) & (step >= 0) & (step <= 5)]
-    pi = counts.to_numpy() / n
+    pi2 = float(((counts.to_numpy() / n) ** 2).sum())  # chance that two independent films share a label set
     ap = view == "AP"
     healthy = lab == NO_FINDING
     return {
@@ -88,7 +88,7 @@ def build_stats(table) -> dict:
         "view_ap_finding": round(float(ap[~healthy].mean()), 6),
         "followup_same_labels": round(same_labels, 6),
         # P(label set repeats) = rho + (1 - rho) * sum(pi^2) for a keep-or-redraw chain; solve for rho
-        "followup_label_persistence": round(max(0.0, (same_labels - float((pi**2).sum())) / (1 - float((pi**2).sum()))), 6),
+        "followup_label_persistence": round(max(0.0, (same_labels - pi2) / (1 - pi2)), 6),
         "followup_same_view": round(same_view, 6),
         "followup_age_step": round(float(step.mean()) if step.size else 0.0, 6),
     }

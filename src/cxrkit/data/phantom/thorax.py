@@ -3,6 +3,7 @@ abdomen, bones and lung markings. Small structures are drawn in patches (cheap);
 vectorised numpy operations, so a 256 px film takes about a millisecond."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from cxrkit.data.phantom.anatomy import SIGN
@@ -13,14 +14,17 @@ from cxrkit.data.phantom.scene import Scene
 def draw_base(sc: Scene, texture_rng: np.random.Generator) -> None:
     """Body, lungs, mediastinum, abdomen, bones and lung markings into ``soft`` and ``fine``."""
     a, s = sc.anat, sc.size
-    # body: an elliptic cross-section per row gives soft-tissue thickness and a soft skin edge
-    hw = a.body_half_width(sc.ys)
-    u = (sc.xs - 0.5) / hw
+    # body: an elliptic cross-section per row gives soft-tissue thickness and a soft skin edge; the abdomen
+    # below the diaphragm is thicker. Smooth, so drawn at quarter resolution and upsampled (the sharp
+    # diaphragm edge comes from the lung masks).
+    lo = max(16, s // 4)
+    ys = ((np.arange(lo, dtype=np.float32) + 0.5) / lo)[:, None]
+    hw = a.body_half_width(ys)
+    u = (ys.T - 0.5) / hw
     thick = np.sqrt(np.maximum(1.0 - u * u, 0.0)) * np.clip(hw / a.body_hw, 0.55, 1.0)
-    np.multiply(thick, 0.60, out=sc.soft)
-    abdomen = np.zeros((s, s), np.uint8)
-    fill_poly(abdomen, _abdomen_pts(sc), 1, s)
-    sc.soft += (0.07 * abdomen) * thick
+    abdomen = np.zeros((lo, lo), np.float32)
+    fill_poly(abdomen, _abdomen_pts(sc), 0.07, lo)
+    cv2.resize(thick * (0.60 + abdomen), (s, s), dst=sc.soft, interpolation=cv2.INTER_LINEAR)
     lung = sc.lung.astype(np.float32)
     # air removes density; apices darken less (overlying soft tissue and first ribs), bases a little less too
     rel = (sc.ys - min(a.top)) / max(a.base_height(0), 0.2)
@@ -41,9 +45,11 @@ def draw_base(sc: Scene, texture_rng: np.random.Generator) -> None:
     # parenchymal texture: faint mottling so aerated lung is not flat
     vessels += 0.02 * lowres_noise(texture_rng, s, s, 28)
     vessels *= lung
-    vessels *= sc.vessel_keep
+    if sc.vessel_keep is not None:
+        vessels *= sc.vessel_keep
     sc.fine += vessels
-    sc.soft -= sc.air_extra * lung
+    if sc.air_extra is not None:
+        sc.soft -= sc.air_extra * lung
 
 
 def _abdomen_pts(sc: Scene) -> np.ndarray:

@@ -1,8 +1,9 @@
 """API-key authentication (``X-API-Key`` header) and the no-auth-only-on-loopback rule.
 
 Checked in a pure ASGI middleware, before the request body is read, so an unauthenticated client cannot make the
-server receive and parse an upload. ``/``, the static page assets, ``/healthz`` and ``/readyz`` stay open (probes
-and the page itself carry no data); everything else needs the key.
+server receive and parse an upload. ``/``, the static page assets, ``/healthz``, ``/readyz`` and the API description
+(``/openapi.json``, ``/docs``) stay open (probes, the page and the schema carry no data); everything else needs the
+key.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from cxrkit.deploy.serve.errors import ServeError, send_json_error
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "CXR_API_KEY"
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                        "/redoc"})
 OPEN_PREFIXES = ("/static/",)
 MIN_KEY_LENGTH = 16
 

@@ -12,8 +12,9 @@ PHANTOM_WARNING = "synthetic data — not clinical performance"
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;
 padding:0 1em;color:#222}h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.notice{background:#fff4e5;border:1px solid #f0a040;
-padding:.6em 1em}.warn{background:#fde8e8;border:2px solid #c33;padding:.6em 1em;font-weight:bold;font-size:1.1em}
+text-align:right;white-space:nowrap}th{background:#f3f3f3}td.l,th.l{text-align:left}
+.notice{background:#fff4e5;border:1px solid #f0a040;padding:.6em 1em}
+.warn{background:#fde8e8;border:2px solid #c33;padding:.6em 1em;font-weight:bold;font-size:1.1em}
 code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
 img{max-width:100%;height:auto}.gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:230px}
 figcaption{font-size:.75em}"""
@@ -46,7 +47,8 @@ def img(png: bytes | None, alt: str) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """HTML table; the first ``left`` columns are left-aligned. Cells are escaped."""
-    h = "".join(f'<th class="l">{escape(x)}</th>' if i < left else f"<th>{escape(x)}</th>" for i, x in enumerate(header))
+    h = "".join(f'<th class="l">{escape(x)}</th>' if i < left else f"<th>{escape(x)}</th>"
+                for i, x in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td class="l">{escape(str(c))}</td>' if i < left else f"<td>{escape(str(c))}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
@@ -86,13 +88,10 @@ def _subgroups(sg: dict) -> str:
             if "reason" in e:
                 rows.append([dim, g, e["n_images"], e["n_patients"], "", "", "", "", e["reason"]])
                 continue
-            gap = e["mean_auroc_gap"]
             ud = e["underdiagnosis"]
             rows.append([dim, g, e["n_images"], e["n_patients"], with_ci(e, "mean_auroc"),
-                         with_ci({"g": gap["gap"], "g_ci_low": gap["gap_ci_low"], "g_ci_high": gap["gap_ci_high"]}, "g"),
-                         with_ci(ud, "underdiagnosis_rate"),
-                         with_ci({"g": ud["gap"]["gap"], "g_ci_low": ud["gap"]["gap_ci_low"],
-                                  "g_ci_high": ud["gap"]["gap_ci_high"]}, "g"), ""])
+                         with_ci(e["mean_auroc_gap"], "gap"), with_ci(ud, "underdiagnosis_rate"),
+                         with_ci(ud["gap"], "gap"), ""])
     parts.append(table(["dimension", "group", "images", "patients", "mean AUROC (95% CI)", "gap to overall",
                         "underdiagnosis rate", "underdiagnosis gap", "note"], rows, left=2))
     parts.append("<p>Per-finding AUROC, AUPRC and operating-point metrics of every subgroup (with gaps) are in "

@@ -1,0 +1,130 @@
+"""The web page: static checks, and an end-to-end run in real headless Chromium (Debian's chromium +
+chromedriver) against a live server on 127.0.0.1 - upload a real NIH PNG and the real DICOM through the file
+input, check the findings table and the heatmap overlay, save a screenshot to test-artifacts/web_predict.png."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fastapi")
+
+from cxrkit import RESEARCH_NOTICE  # noqa: E402
+from cxrkit.data.labels import NIH_FINDINGS  # noqa: E402
+from cxrkit.deploy.serve.app import WEB_DIR, create_app  # noqa: E402
+from cxrkit.deploy.serve.live import serve_in_thread  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+KEY = "web-key-0123456789abcdef"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from cxrkit.bundle import save_bundle
+    from cxrkit.models import create_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    bundle = tmp_path_factory.mktemp("web") / "bundle"
+    save_bundle(bundle, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
+                mean=0.449, std=0.226)
+    with serve_in_thread(create_app(bundle, api_key=KEY)) as url:
+        yield url
+
+
+def test_page_assets_are_self_contained_and_carry_the_notice(server):
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert RESEARCH_NOTICE in page.text
+    for asset in ("app.js", "style.css"):
+        r = httpx.get(f"{server}/static/{asset}")
+        assert r.status_code == 200 and r.text == (WEB_DIR / asset).read_text()
+    for f in ("index.html", "app.js", "style.css"):  # no CDN, no external fetches
+        assert not re.search(r"https?://", (WEB_DIR / f).read_text()), f
+    code = re.sub(r"//[^\n]*", "", (WEB_DIR / "app.js").read_text())
+    assert "innerHTML" not in code and "outerHTML" not in code  # server data only through textContent
+
+
+def _driver(profile: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile}",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+
+
+@pytest.mark.browser
+def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"!!! BROWSER TEST SKIPPED: {CHROMIUM} or {CHROMEDRIVER} missing (apt-get install chromium "
+                    "chromium-driver) !!!")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    png = shared_data / "nih-sample" / "images" / "00000075_000.png"
+    dcm = shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm"
+    driver = _driver(tmp_path / "profile")
+    try:
+        driver.set_page_load_timeout(30)
+        wait = WebDriverWait(driver, 30)
+        driver.get(server + "/")
+        assert RESEARCH_NOTICE in driver.find_element(By.ID, "notice").text
+        key_box = wait.until(ec.visibility_of_element_located((By.ID, "api-key")))  # auth is on: key input shown
+        key_box.send_keys(KEY)
+        assert driver.execute_script("return sessionStorage.getItem('cxrkit.apiKey')") == KEY
+
+        def upload_and_wait(path: Path, fmt: str, size: str) -> None:
+            driver.find_element(By.ID, "file-input").send_keys(str(path))
+            wait.until(lambda d: f"{fmt} {size}" in d.find_element(By.ID, "model").text
+                       or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+            assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
+                driver.find_element(By.ID, "status").text
+            rows = driver.find_elements(By.CSS_SELECTOR, "#findings tbody tr")
+            assert len(rows) == 14
+            probs = [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows]
+            assert probs == sorted(probs, reverse=True)
+            for r in rows:  # positive flag agrees with probability >= threshold (unless equal after rounding)
+                cells = [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+                if cells[1] != cells[2]:
+                    assert cells[3] == ("yes" if float(cells[1]) >= float(cells[2]) else "no")
+            wait.until(lambda d: d.execute_script(
+                "const o = document.getElementById('overlay'), b = document.getElementById('base-image');"
+                "return !o.hidden && o.complete && o.naturalWidth > 0 && b.complete && b.naturalWidth > 0;"))
+            assert driver.find_element(By.ID, "quality").text.startswith("Quality check")
+
+        upload_and_wait(png, "PNG", "256 x 256")
+        overlay = driver.find_element(By.ID, "overlay")
+        first = overlay.get_attribute("src")
+        assert first.startswith("data:image/png;base64,")
+        # toggle another finding's heatmap; the overlay image changes and its button is pressed
+        second_button = driver.find_elements(By.CSS_SELECTOR, "#findings button.toggle")[1]
+        second_button.click()
+        assert second_button.get_attribute("aria-pressed") == "true"
+        assert overlay.get_attribute("data-finding") == driver.find_elements(
+            By.CSS_SELECTOR, "#findings tbody tr")[1].get_attribute("data-finding")
+        # opacity slider drives the overlay's opacity
+        driver.execute_script("const s = document.getElementById('opacity'); s.value = 25;"
+                              "s.dispatchEvent(new Event('input'));")
+        assert float(overlay.value_of_css_property("opacity")) == pytest.approx(0.25)
+
+        upload_and_wait(dcm, "DICOM", "1024 x 1024")
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "web_predict.png"))
+        assert (ARTIFACTS / "web_predict.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
