@@ -50,7 +50,7 @@ def _step(name: str, timings: dict, fn: Callable, echo: Callable[[str], None]):
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     from cxrkit.data.cache import open_cache, prepare
     from cxrkit.data.phantom import generate
-    from cxrkit.data.summary import summarize_to
+    from cxrkit.data.summary import write_summary
     from cxrkit.evaluation import evaluate
     from cxrkit.training import TrainConfig, train
 
@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     _step("prepare", timings, lambda: prepare(phantom_dir, cache_dir, size=cfg.cache_size, split_seed=cfg.seed,
                                               progress=not cfg.quiet), echo)
     cache = open_cache(cache_dir)
-    _step("data summary", timings, lambda: summarize_to(cache, out / "data-summary"), echo)
+    _step("data summary", timings, lambda: write_summary(cache, out / "data-summary"), echo)
 
     bundle = run_dir / "bundle"
     if not (bundle / "config.json").is_file():
@@ -76,7 +76,9 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         _step("train", timings, lambda: train(TrainConfig.demo_preset(**overrides)), echo)
 
     metrics = _step("evaluate", timings, lambda: evaluate(bundle, cache, split="test", out=eval_dir,
-                                                          n_boot=cfg.n_boot, seed=cfg.seed, progress=not cfg.quiet),
+                                                          n_boot=cfg.n_boot, seed=cfg.seed, progress=not cfg.quiet,
+                                                          command=f"cxr evaluate {bundle} {cache_dir} --split test "
+                                                                  f"--out {eval_dir} --n-boot {cfg.n_boot} --seed {cfg.seed}"),
                     echo)
     report = eval_dir / "report.html"
     _write_summary(out, bundle, report, metrics, timings)
@@ -84,18 +86,24 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
 
 def _write_summary(out: Path, bundle: Path, report: Path, metrics: dict, timings: dict) -> None:
-    m = metrics.get("mean_auroc", {})
     lines = [
         "# cxr demo summary", "",
         f"> {RESEARCH_NOTICE}", "> All numbers below are on SYNTHETIC phantom data: they are not clinical performance.",
         "",
         f"- bundle: `{bundle}`", f"- report: `{report}`",
-        f"- phantom test mean AUROC: {m.get('value', float('nan')):.3f} "
-        f"(95% CI {m.get('ci_low', float('nan')):.3f}-{m.get('ci_high', float('nan')):.3f}, patient bootstrap)",
+        f"- phantom test mean AUROC: {_auroc_line(metrics)} (patient-clustered bootstrap)",
         "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()],
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def _auroc_line(metrics: dict) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"{f(metrics.get('mean_auroc'))} (95% CI {f(metrics.get('mean_auroc_ci_low'))}-"
+            f"{f(metrics.get('mean_auroc_ci_high'))})")
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -112,12 +120,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         t0 = time.perf_counter()
         res = run_demo(DemoConfig(out=out, n_images=n, epochs=epochs, seed=seed, n_boot=n_boot, quiet=quiet),
                        echo=typer.echo)
-        m = res.metrics.get("mean_auroc", {})
         typer.echo("")
         typer.echo(RESEARCH_NOTICE)
-        typer.echo(f"phantom test mean AUROC = {m.get('value', float('nan')):.3f} "
-                   f"(95% CI {m.get('ci_low', float('nan')):.3f}-{m.get('ci_high', float('nan')):.3f}) "
-                   "- synthetic data, not clinical performance")
+        typer.echo(f"phantom test mean AUROC = {_auroc_line(res.metrics)} - synthetic data, not clinical performance")
         typer.echo(f"bundle:  {res.bundle}")
         typer.echo(f"report:  {res.report}")
         typer.echo(f"summary: {res.out / 'summary.md'}  (total {time.perf_counter() - t0:.0f} s)")

@@ -32,6 +32,7 @@ class Scene:
     soft: np.ndarray
     fine: np.ndarray
     lesion: np.ndarray
+    lung: np.ndarray                 # uint8 0/1, both lung fields
     xs: np.ndarray = field(repr=False, default=None)  # (1, S) normalised pixel-centre x
     ys: np.ndarray = field(repr=False, default=None)  # (S, 1)
     vessel_keep: np.ndarray | None = None  # multiplier on lung markings (None: all kept)
@@ -48,10 +49,6 @@ class Scene:
         if self.vessel_keep is None:
             self.vessel_keep = np.ones((self.size, self.size), np.float32)
         self.vessel_keep *= 1 - where
-
-    @property
-    def lung(self) -> np.ndarray:
-        return self.lung_side[0] | self.lung_side[1]
 
     def px(self, v: float) -> float:
         """A normalised length in pixels."""
@@ -102,7 +99,7 @@ def build_scene(anat: Anatomy, size: int) -> Scene:
         sides.append(m & ~(heart | knob) & 1)
     zeros = lambda: np.zeros((s, s), np.float32)
     return Scene(size=s, anat=anat, outlines=outlines, lung_side=sides, heart=heart, soft=zeros(), fine=zeros(),
-                 lesion=zeros(), xs=xs, ys=ys)
+                 lesion=zeros(), lung=sides[0] | sides[1], xs=xs, ys=ys)
 
 
 @dataclass
