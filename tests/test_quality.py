@@ -113,10 +113,13 @@ def test_gate_round_trips_through_the_bundle(gated_bundle, gate, split):
 
 
 def test_threshold_targets_the_false_rejection_rate(split):
-    gate, info = fit_gate(split[0], target_fpr=0.1, seed=1)
-    scores = gate.density_scores(split[0]) - gate.threshold
-    # in-sample scores are optimistic, so at most ~target of the fitting films fall below the cross-fitted cut
-    assert np.mean(scores < 0) <= 0.1 and info["n_images"] == N_FIT
+    films = split[0][:100]
+    gate, info = fit_gate(films, target_fpr=0.1, seed=1)
+    # in-sample scores are optimistic, so at most ~target of the fitting films fall below the cross-fitted cut...
+    assert np.mean(gate.density_scores(films) < gate.threshold) <= 0.1 and info["n_images"] == 100
+    # ...while new films are rejected at about the target rate (out-of-fold scores are what set the cut)
+    held = np.mean(gate.density_scores([read_image(p) for p in split[1][:80]]) < gate.threshold)
+    assert 0.02 <= held <= 0.25, held
 
 
 def test_fit_refuses_too_few_images_and_unknown_method(split):

@@ -117,8 +117,8 @@ def test_predict_real_dicom_with_heatmaps(client, dicom):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["image"] == {"format": "dicom", "width": 1024, "height": 1024}
-    assert [f["name"] for f in body["findings"]] == sorted(["Effusion", "Mass"],
-                                                           key=lambda n: -next(f["probability"] for f in body["findings"] if f["name"] == n))
+    assert sorted(f["name"] for f in body["findings"]) == ["Effusion", "Mass"]  # only the findings asked for
+    assert body["findings"][0]["probability"] >= body["findings"][1]["probability"]
     hm = body["heatmaps"]
     assert set(hm["overlays"]) == {"Effusion", "Mass"} and hm["method"] == "cam"
 
@@ -165,10 +165,15 @@ def test_auth(client, nih_png):
 
 
 # -- bad input: always 4xx with a message, never 5xx --------------------------------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _bomb_png() -> bytes:
+    """A valid little PNG whose IHDR claims 100000 x 100000 pixels (10 G pixels if decoded)."""
     ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + _png_chunk(b"IEND", b""))
 
 
 def test_decompression_bomb(client):
@@ -386,3 +391,44 @@ def test_no_phi_in_logs_or_response(client, dicom, caplog):
     assert f"request_id={r.json()['request_id']}" in text and "status=200" in text  # the request was logged...
     for phi in ("Doe", "Jane", "4711", "19470101"):  # ...without the file name or patient fields
         assert phi not in text and phi not in r.text
+
+
+def test_not_started_is_503_and_app_can_be_served_twice(bundle, nih_png):
+    import asyncio
+
+    app = create_app(bundle, api_key=KEY, warm_up=False)
+
+    async def without_lifespan():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return await c.post("/v1/predict", files={"file": ("x.png", nih_png)}, headers=AUTH)
+
+    _assert_error(asyncio.run(without_lifespan()), 503, "not running")
+    for _ in range(2):  # executors and the batcher live per server run
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+            assert _predict(c, nih_png).status_code == 200
+
+
+# -- quality gate verdicts ------------------------------------------------------------------------
+def test_quality_gate_verdicts(tmp_path, shared_data, nih_png):
+    """A bundle with a fitted gate: a held-out NIH film gets a score; the abdominal DICOM is flagged (header)."""
+    import shutil
+
+    from cxrkit.bundle import save_bundle
+    from cxrkit.data.decode import read_image
+    from cxrkit.deploy.quality import fit_quality_gate
+    from cxrkit.models import create_model
+
+    films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))
+    fit, held = films[1:21], films[0]  # films[0] is 00000075_000.png, not fitted on
+    torch.manual_seed(0)
+    gated = save_bundle(tmp_path / "gated", create_model("resnet10t", 14), label_names=NIH_FINDINGS,
+                        input_size=64, preresize=64, mean=0.449, std=0.226)
+    fit_quality_gate(gated, [read_image(p) for p in fit], target_fpr=0.02, seed=0)
+    with serve_in_thread(create_app(gated, api_key=KEY)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        film = _predict(c, held.read_bytes()).json()["quality"]
+        abdomen = _predict(c, (shared_data / "dicom" / "not_chest_abdomen_ot.dcm").read_bytes(), "a.dcm").json()
+        described = c.get("/v1/model", headers=AUTH).json()
+    assert isinstance(film["score"], float) and film["reason"]
+    assert abdomen["quality"]["ok"] is False and "DICOM header" in abdomen["quality"]["reason"]
+    assert described["quality_gate"] == "lr-handcrafted"
+    shutil.rmtree(gated, ignore_errors=True)

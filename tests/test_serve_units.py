@@ -181,3 +181,22 @@ def test_cli_refuses_to_start_without_key(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", str(tmp_path)])
     assert exc.value.code == 2 and "API key" in capsys.readouterr().err
+
+
+def test_model_id_follows_content_not_location(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from cxrkit.deploy.serve.engine import model_id
+
+    a = tmp_path / "a"
+    (a / "members" / "0").mkdir(parents=True)
+    (a / "config.json").write_text('{"thresholds": {"x": 0.5}}')
+    (a / "members" / "0" / "model.safetensors").write_bytes(b"weights-0")
+    shutil.copytree(a, tmp_path / "b")
+    ida = model_id(SimpleNamespace(path=a, config={}))
+    assert ida.startswith("sha256:") and ida == model_id(SimpleNamespace(path=tmp_path / "b", config={}))
+    (tmp_path / "b" / "members" / "0" / "model.safetensors").write_bytes(b"weights-1")  # a member's weights
+    assert model_id(SimpleNamespace(path=tmp_path / "b", config={})) != ida
+    in_memory = model_id(SimpleNamespace(path=None, config={"a": 1}))
+    assert in_memory != model_id(SimpleNamespace(path=None, config={"a": 2}))

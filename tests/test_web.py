@@ -3,6 +3,7 @@ chromedriver) against a live server on 127.0.0.1 - upload a real NIH PNG and the
 input, check the findings table and the heatmap overlay, save a screenshot to test-artifacts/web_predict.png."""
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 KEY = "web-key-0123456789abcdef"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+DROP_JS = """
+const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+const dt = new DataTransfer();
+dt.items.add(new File([bytes], arguments[1], {type: "application/octet-stream"}));
+const zone = document.getElementById("drop");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +97,11 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
         key_box.send_keys(KEY)
         assert driver.execute_script("return sessionStorage.getItem('cxrkit.apiKey')") == KEY
 
-        def upload_and_wait(path: Path, fmt: str, size: str) -> None:
-            driver.find_element(By.ID, "file-input").send_keys(str(path))
+        def upload_and_wait(path: Path, fmt: str, size: str, drop: bool = False) -> None:
+            if drop:  # a real drop event carrying the file, as a drag from the desktop delivers it
+                driver.execute_script(DROP_JS, base64.b64encode(path.read_bytes()).decode(), path.name)
+            else:
+                driver.find_element(By.ID, "file-input").send_keys(str(path))
             wait.until(lambda d: f"{fmt} {size}" in d.find_element(By.ID, "model").text
                        or "error" in d.find_element(By.ID, "status").get_attribute("class"))
             assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
@@ -124,6 +137,7 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
         upload_and_wait(dcm, "DICOM", "1024 x 1024")
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "web_predict.png"))
+        upload_and_wait(png, "PNG", "256 x 256", drop=True)
         assert (ARTIFACTS / "web_predict.png").stat().st_size > 10_000
     finally:
         driver.quit()

@@ -1,7 +1,6 @@
-"""`cxr predict`, `cxr export`, `cxr gate fit|eval`, `cxr bench infer` (and `cxr serve`, registered separately)."""
+"""`cxr predict`, `cxr export`, `cxr gate fit|eval`, `cxr bench infer` (`cxr serve` lives in deploy/serve)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -33,8 +32,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
-        Multi-GPU / multi-node: run under torchrun; rank r takes inputs r::world and rank 0 merges the parts in
-        input order. An interrupted run resumes from its part files when rerun with the same arguments.
+        Multi-GPU / multi-node: run under torchrun (rank r takes inputs r::world; rank 0 merges in input order).
+
+        An interrupted run resumes from its part files when rerun with the same arguments.
         """
         from cxrkit.deploy.onnx_runtime import load_predictor
         from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
@@ -171,9 +171,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
                                     backends=backends, cache=cache))
 
-    # --- `cxr serve` belongs to the REST-service engineer: it registers itself from cxrkit.deploy.serve_cli. ---
-    if importlib.util.find_spec("cxrkit.deploy.serve_cli") is not None:
-        importlib.import_module("cxrkit.deploy.serve_cli").register(app, groups)
-
+    # `cxr serve` / `cxr bench serve` are registered by cxrkit.deploy.serve.cli_serve (its own STAGE_CLIS entry).
     app.add_typer(gate_app, name="gate")
 

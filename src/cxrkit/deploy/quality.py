@@ -196,7 +196,12 @@ class QualityGate:
         cfg = predictor.config.get("quality_gate")
         if not cfg:
             return None
-        bundle_dir = Path(bundle_dir or predictor.path or ".")
+        bundle_dir = bundle_dir or getattr(predictor, "path", None)
+        if bundle_dir is None:
+            raise BundleError("this model's config names a quality gate, but its bundle directory is unknown (a "
+                              "standalone .onnx?): load the bundle directory instead (load_predictor(BUNDLE, "
+                              "backend='onnx'))")
+        bundle_dir = Path(bundle_dir)
         path = bundle_dir / cfg.get("arrays", GATE_ARRAYS)
         if int(cfg.get("version", 1)) > GATE_VERSION:
             raise BundleError(f"{bundle_dir}: quality gate version {cfg['version']} is newer than this cxrkit knows")

@@ -62,6 +62,10 @@ def densenet121_backbone(in_chans: int = 1) -> tuple[nn.Module, int]:
 def build_backbone(name: str, in_chans: int = 1) -> tuple[nn.Module, int]:
     if name == "densenet121":
         return densenet121_backbone(in_chans)
+    if name == "cxr_tiny":
+        from cxrkit.models.small import tiny_backbone
+
+        return tiny_backbone(in_chans)
     if name in TIMM_ALIASES:
         return timm_backbone(TIMM_ALIASES[name], in_chans)
     if name.startswith("timm:"):
@@ -69,4 +73,5 @@ def build_backbone(name: str, in_chans: int = 1) -> tuple[nn.Module, int]:
     raise KeyError(name)
 
 
-BACKBONES: dict[str, Callable] = {"densenet121": densenet121_backbone, **{k: None for k in TIMM_ALIASES}}
+BACKBONES: dict[str, Callable] = {"densenet121": densenet121_backbone, "cxr_tiny": None,
+                                  **{k: None for k in TIMM_ALIASES}}

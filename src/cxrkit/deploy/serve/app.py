@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrkit import RESEARCH_NOTICE
+from cxrkit import RESEARCH_NOTICE, __version__
 from cxrkit.data.decode import DecodeLimits
 from cxrkit.deploy.serve.errors import ServeError
 
@@ -78,14 +78,16 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
     metrics = ServeMetrics()
     service = ModelService(_load(predictor_or_bundle, backend, device), metrics=metrics,
                            decode_limits=DecodeLimits(max_pixels=max_pixels, max_bytes=max_upload_bytes))
-    # One model thread: batches and heatmaps never run the network concurrently (Grad-CAM hooks are per model).
-    model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-model")
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="cxr-decode")
-    batcher = MicroBatcher(service.run_batch, executor=model_pool, max_batch=max_batch, max_wait_ms=max_wait_ms,
+    batcher = MicroBatcher(service.run_batch, executor=None, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, observe=metrics.batch_size.observe, on_depth=metrics.queue_depth.set)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        # One model thread: batches and heatmaps never run the network concurrently (Grad-CAM hooks are per model).
+        # Pools live exactly as long as the server, so an app object can be served more than once.
+        model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-model")
+        decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="cxr-decode")
+        app.state.model_pool, app.state.decode_pool, batcher.executor = model_pool, decode_pool, model_pool
         batcher.start()
         loop = asyncio.get_running_loop()
 
@@ -104,16 +106,19 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
             yield
         finally:
             warm_task.cancel()
+            app.state.ready = False
+            metrics.ready.set(0)
             await batcher.stop()
             model_pool.shutdown(wait=False, cancel_futures=True)
             decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="cxrkit chest X-ray classifier", version=service.describe()["service_version"],
+    app = FastAPI(title="cxrkit chest X-ray classifier", version=__version__,
                   description=f"Multi-label chest X-ray findings, quality gate and heatmaps.\n\n**{RESEARCH_NOTICE}**",
                   lifespan=lifespan)
     app.state.ready = False
     app.state.service, app.state.batcher, app.state.metrics, app.state.settings = service, batcher, metrics, settings
-    app.state.model_pool, app.state.decode_pool, app.state.api_key = model_pool, decode_pool, api_key
+    app.state.model_pool = app.state.decode_pool = None  # set while the server runs (lifespan)
+    app.state.api_key = api_key
     add_routes(app)
     add_handlers(app)
     # Outermost first on the way in: observe (ids, metrics, logs) -> auth (before any body is read) -> size limit.

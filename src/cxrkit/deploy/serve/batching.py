@@ -22,11 +22,12 @@ class QueueFull(ServeError):
 class MicroBatcher:
     """Gather submitted items into batches for ``run_batch(items) -> results`` (same length and order).
 
-    ``run_batch`` may return an Exception instance in place of a result to fail just that item. ``observe`` (if
-    given) is called with each batch size; ``on_depth`` with the queue depth whenever it changes.
+    ``run_batch`` may return an Exception instance in place of a result to fail just that item. ``executor`` runs
+    it (None: the loop's default executor). ``observe`` (if given) is called with each batch size; ``on_depth``
+    with the queue depth whenever it changes.
     """
 
-    def __init__(self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *, executor: Executor,
+    def __init__(self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *, executor: Executor | None,
                  max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 1024,
                  observe: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None):
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:

@@ -186,7 +186,8 @@ def run_mode(bundle: Path, image: bytes, *, max_batch: int, max_wait_ms: float, 
 def markdown(results: list[dict[str, Any]], command: str, image_desc: str) -> str:
     """The table for docs/serve.md / docs/benchmarks.md."""
     lines = [f"Command: `{command}`  ", f"Image: {image_desc}  ", "",
-             "| mode | max batch | concurrency | duration s | req/s | p50 ms | p99 ms | mean batch | RSS start / max / end MB | errors |",
+             "| mode | max batch | concurrency | duration s | req/s | p50 ms | p99 ms | mean batch "
+             "| RSS start / max / end MB | errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mode = "batched" if r["max_batch"] > 1 else "unbatched"

@@ -7,6 +7,19 @@ from typing import Optional
 
 import typer
 
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
+
+
+def require_serve_extra(extra: tuple[str, ...] = ()) -> None:
+    """A clear error instead of an ImportError when the optional serving dependencies are missing."""
+    import importlib.util
+
+    from cxrkit.deploy.serve.errors import ServeError
+
+    missing = [m for m in SERVE_MODULES + extra if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ServeError(f"serving needs {', '.join(missing)}: pip install 'cxrkit[serve]'")
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("serve")
@@ -35,6 +48,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import logging
         import os
 
+        require_serve_extra()
         import uvicorn
 
         from cxrkit import RESEARCH_NOTICE
@@ -88,6 +102,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import shlex
         import sys
 
+        require_serve_extra(("httpx",))  # the load generator's client
         from rich.console import Console
         from rich.table import Table
 

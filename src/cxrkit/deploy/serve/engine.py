@@ -30,10 +30,13 @@ class RequestError(CxrError):
 
 
 def model_id(predictor) -> str:
-    """A short content hash of the bundle (config + weights, or the ONNX file): changes whenever the model does."""
+    """A short content hash of the bundle (every config.json and safetensors file in it, ensemble members and the
+    quality gate included, plus the ONNX file when that backend runs): changes whenever the model does."""
     h = hashlib.sha256()
-    path = Path(getattr(predictor, "path", None) or ".")
-    files = [path / "config.json", path / "model.safetensors"] if path.is_dir() else []
+    path = getattr(predictor, "path", None)
+    files = []
+    if path is not None and Path(path).is_dir():
+        files = sorted(Path(path).rglob("config.json")) + sorted(Path(path).rglob("*.safetensors"))
     onnx = getattr(predictor, "onnx_path", None)
     if onnx is not None:
         files.append(Path(onnx))
@@ -43,6 +46,7 @@ def model_id(predictor) -> str:
 
         h.update(json.dumps(predictor.config, sort_keys=True, default=str).encode())
     for f in files:
+        h.update(str(f.relative_to(path) if path is not None and f.is_relative_to(path) else f.name).encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -103,6 +107,7 @@ class ModelService:
         self.label_names: tuple[str, ...] = tuple(predictor.label_names)
         self.thresholds = np.asarray(predictor.thresholds, dtype=np.float32)
         self.id = model_id(predictor)
+        self.version = model_version(predictor.config)
         self.can_explain = hasattr(predictor, "model") or hasattr(predictor, "members")
 
     # -- model thread ---------------------------------------------------------------------------
@@ -180,7 +185,7 @@ class ModelService:
         model = cfg.get("model") or {}
         return {
             "model_id": self.id,
-            "model_version": model_version(cfg),
+            "model_version": self.version,
             "label_names": list(self.label_names),
             "thresholds": {n: float(t) for n, t in zip(self.label_names, self.thresholds)},
             "threshold_policy": cfg.get("threshold_policy"),

@@ -97,8 +97,9 @@ def add_routes(app: FastAPI) -> None:
             return await asyncio.wait_for(_predict(request, data, names, heatmap), state.settings.timeout_s)
         except asyncio.TimeoutError:
             state.metrics.timeouts.inc()
-            raise HTTPException(504, f"prediction took longer than the server's limit of {state.settings.timeout_s:g} s "
-                                     "(server busy or image too large); retry later") from None
+            limit = state.settings.timeout_s
+            raise HTTPException(504, f"prediction took longer than the server's limit of {limit:g} s (server busy or "
+                                     "image too large); retry later") from None
 
 
 async def _predict(request: Request, data: bytes, names: list[str], heatmap: bool) -> dict:
@@ -114,7 +115,7 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
     table = state.service.findings_table(result["probs"], names)
     response = {
         "notice": RESEARCH_NOTICE, "request_id": _request_id(request), "model_id": state.service.id,
-        "model_version": state.service.describe()["model_version"], "findings": table,
+        "model_version": state.service.version, "findings": table,
         "positive_findings": [r["name"] for r in table if r["positive"]],
         "abnormality": min(1.0, max(0.0, result["abnormality"])), "quality": result["quality"],
         "image": {"format": meta.get("source_format") or "unknown", "width": int(image.shape[1]),
