@@ -38,7 +38,7 @@ def raw_opencv(paths: list[str], size: int, workers: int, chunk: int = 64) -> fl
         for t in tasks:
             _raw_chunk(t)
     else:
-        with mp.get_context().Pool(workers, initializer=init_decode_process) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=init_decode_process) as pool:
             for _ in pool.imap_unordered(_raw_chunk, tasks):
                 pass
     return time.perf_counter() - t0

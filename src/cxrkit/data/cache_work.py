@@ -147,7 +147,9 @@ def run_chunks(job: DecodeJob, todo, progress_dir: Path, *, workers: int, total:
             for c, start, stop in todo:
                 finished(c, decode_rows(job, start, stop))
         else:
-            with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+            # spawn, not fork: a parent that already ran OpenCV/BLAS thread pools (phantom generation, a notebook)
+            # would deadlock children forked mid-lock.
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
                 for c, rows in pool.imap_unordered(_work, todo):
                     finished(c, rows)
     return results

@@ -72,10 +72,10 @@ class TrainConfig:
 
     @classmethod
     def demo_preset(cls, **overrides: Any) -> "TrainConfig":
-        """The CPU demo recipe (docs/training.md): a small ResNet at 128 px that reaches phantom test mean AUROC
-        >= 0.9 in about five minutes on two CPU cores."""
-        base = dict(arch="resnet10t", image_size=128, epochs=6, batch_size=32, accum_steps=1, lr=2e-3,
-                    lr_patience=1, early_stop_patience=None, precision="fp32", channels_last=True,
+        """The CPU demo recipe ("cpu-demo", docs/training.md): the small ``cxr_tiny`` CNN at 128 px, 24 epochs of a
+        2,000-3,000 image phantom set; phantom test mean AUROC about 0.92 in about three minutes on two cores."""
+        base = dict(arch="cxr_tiny", image_size=128, epochs=24, batch_size=32, accum_steps=1, lr=1e-3,
+                    lr_patience=3, early_stop_patience=None, precision="fp32", channels_last=False,
                     rotate_deg=5.0, translate=0.04, scale=0.04, preset="cpu-demo")
         base.update(overrides)
         return cls(**base)
