@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # Re-pin constraints.txt from the current venv (run after changing dependencies).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^cxrkit' > constraints.txt
+	{ echo "# Exact versions CI installs (make install uses -c constraints.txt). Regenerate with: make lock"; $(BIN)/python -m pip freeze --exclude-editable | grep -v "^cxrkit"; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) cxr-demo .pytest_cache
