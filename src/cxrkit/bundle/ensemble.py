@@ -11,12 +11,13 @@ import torch
 
 from cxrkit.bundle.calibration import apply_calibration
 from cxrkit.bundle.format import BundleError
+from cxrkit.bundle.predictor import BasePredictor
 
 ENSEMBLE_METHODS = ("mean", "weighted", "vote", "max")
 _EPS = 1e-6
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(BasePredictor):
     """Combines member predictors' probabilities: ``mean``, ``weighted`` (weights in the config), ``vote`` (fraction
     of members over their own thresholds) or ``max``. ``members`` is the list of member predictors (explainers
     average their heatmaps)."""
@@ -30,10 +31,8 @@ class EnsemblePredictor:
         self.members = list(members)
         if not self.members:
             raise BundleError("an ensemble bundle needs at least one member")
-        self.config = config
-        self.path = path
+        super().__init__(config, path=path)
         self.device = torch.device(device)
-        self.label_names: tuple[str, ...] = tuple(config["label_names"])
         for i, m in enumerate(self.members):
             if tuple(m.label_names) != self.label_names:
                 raise BundleError(f"ensemble member {i} predicts {list(m.label_names)}, the ensemble "
@@ -43,10 +42,6 @@ class EnsemblePredictor:
             raise BundleError(f"ensemble weights {w.tolist()} must be {len(self.members)} non-negative numbers "
                               "with a positive sum")
         self.weights = w / w.sum()
-        self.thresholds = np.array([config["thresholds"][n] for n in self.label_names], dtype=np.float32)
-        inp = config["input"]
-        self.input_size, self.preresize = int(inp["size"]), int(inp["preresize"])
-        self.mean, self.std = float(inp["mean"]), float(inp["std"])
 
     def _combine(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         probs = np.stack([o["probs"] for o in outs]).astype(np.float64)  # M x N x C
@@ -75,13 +70,6 @@ class EnsemblePredictor:
     def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Each member applies its own training geometry to ``images``; outputs are then combined."""
         return self._combine([m.predict_full(images, batch_size) for m in self.members])
-
-    def predict(self, images, batch_size: int = 32) -> np.ndarray:
-        """N x C probabilities for uint8 grey images."""
-        return self.predict_full(images, batch_size)["probs"]
-
-    def positives(self, probs: np.ndarray) -> np.ndarray:
-        return probs >= self.thresholds
 
 
 def load_ensemble(path: str | Path, config: dict, device: str | torch.device = "cpu",

@@ -13,24 +13,21 @@ from cxrkit.data.transforms import fit_square
 from cxrkit.models.input import to_model_input
 
 
-class Predictor:
-    """A loaded bundle. ``predict(images)`` takes uint8 grey arrays as :func:`cxrkit.data.read_image` returns them
-    (any size: each is brought to the training geometry with ``fit_square``) and returns N x C probabilities."""
+class BasePredictor:
+    """What every predictor shares (torch, ONNX Runtime, ensemble): the config, the training geometry, batching.
 
-    def __init__(self, model: torch.nn.Module, config: dict, *, device: str | torch.device = "cpu",
-                 path: Path | None = None, amp_dtype: torch.dtype | None = None):
-        self.model = model.eval().to(device)
+    Subclasses implement ``forward_uint8(batch) -> {"logits", "probs", "abnormality", ...}``.
+    """
+
+    def __init__(self, config: dict, *, path: Path | None = None):
         self.config = config
         self.path = path
-        self.device = torch.device(device)
-        self.amp_dtype = amp_dtype
         self.label_names: tuple[str, ...] = tuple(config["label_names"])
         self.thresholds = np.array([config["thresholds"][n] for n in self.label_names], dtype=np.float32)
         inp = config["input"]
         self.input_size, self.preresize = int(inp["size"]), int(inp["preresize"])
         self.mean, self.std = float(inp["mean"]), float(inp["std"])
 
-    # -- preprocessing ---------------------------------------------------------------------------
     def to_uint8_batch(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Bring images to the stored (preresize) geometry: B x 1 x P x P uint8."""
         out = np.empty((len(images), self.preresize, self.preresize), dtype=np.uint8)
@@ -41,10 +38,41 @@ class Predictor:
             out[i] = img if img.shape == (self.preresize,) * 2 else fit_square(img, self.preresize)[0]
         return torch.from_numpy(out).unsqueeze(1)
 
+    def forward_uint8(self, batch_u8: torch.Tensor) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """N x C probabilities for uint8 grey images."""
+        return self.predict_full(images, batch_size)["probs"]
+
+    def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """All outputs of :meth:`forward_uint8` for uint8 grey images, in batches."""
+        parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
+                 for i in range(0, len(images), batch_size)]
+        if not parts:
+            c = len(self.label_names)
+            return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
+                    "abnormality": np.zeros(0, np.float32)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def positives(self, probs: np.ndarray) -> np.ndarray:
+        return probs >= self.thresholds
+
+
+class Predictor(BasePredictor):
+    """A loaded bundle. ``predict(images)`` takes uint8 grey arrays as :func:`cxrkit.data.read_image` returns them
+    (any size: each is brought to the training geometry with ``fit_square``) and returns N x C probabilities."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, *, device: str | torch.device = "cpu",
+                 path: Path | None = None, amp_dtype: torch.dtype | None = None):
+        super().__init__(config, path=path)
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.amp_dtype = amp_dtype
+
     def model_input(self, batch_u8: torch.Tensor) -> torch.Tensor:
         return to_model_input(batch_u8.to(self.device, non_blocking=True), self.input_size, self.mean, self.std)
 
-    # -- inference -------------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_uint8(self, batch_u8: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 B x 1 x P x P -> {"logits", "probs", "abnormality"} numpy arrays (cache fast path)."""
@@ -58,22 +86,6 @@ class Predictor:
         else:
             abnormality = abnormality_from_probs(probs)
         return {"logits": logits, "probs": probs, "abnormality": abnormality}
-
-    def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """N x C probabilities for uint8 grey images."""
-        return self.predict_full(images, batch_size)["probs"]
-
-    def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
-        parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
-                 for i in range(0, len(images), batch_size)]
-        if not parts:
-            c = len(self.label_names)
-            return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
-                    "abnormality": np.zeros(0, np.float32)}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def positives(self, probs: np.ndarray) -> np.ndarray:
-        return probs >= self.thresholds
 
 
 def abnormality_from_probs(probs: np.ndarray) -> np.ndarray:

@@ -17,9 +17,8 @@ import numpy as np
 
 from cxrkit.bundle.calibration import apply_calibration
 from cxrkit.bundle.format import BundleError, read_bundle_config
-from cxrkit.bundle.predictor import abnormality_from_probs
+from cxrkit.bundle.predictor import BasePredictor, abnormality_from_probs
 from cxrkit.data.errors import CxrError
-from cxrkit.data.transforms import fit_square
 
 ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"
@@ -42,7 +41,7 @@ def read_onnx_config(onnx_path: str | Path) -> dict | None:
     return None
 
 
-class OnnxPredictor:
+class OnnxPredictor(BasePredictor):
     """An exported bundle run by ONNX Runtime: uint8 grey images in, calibrated probabilities out."""
 
     def __init__(self, onnx_path: str | Path, config: dict | None = None, *, providers: Sequence[str] | None = None,
@@ -64,25 +63,9 @@ class OnnxPredictor:
         providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.onnx_path, self.path, self.config = onnx_path, path, config
+        super().__init__(config, path=path)
+        self.onnx_path = onnx_path
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        self.label_names: tuple[str, ...] = tuple(config["label_names"])
-        self.thresholds = np.array([config["thresholds"][n] for n in self.label_names], dtype=np.float32)
-        inp = config["input"]
-        self.input_size, self.preresize = int(inp["size"]), int(inp["preresize"])
-        self.mean, self.std = float(inp["mean"]), float(inp["std"])
-
-    def to_uint8_batch(self, images: Sequence[np.ndarray] | np.ndarray):
-        """Bring images to the stored (preresize) geometry: B x 1 x P x P uint8 (a torch tensor, like Predictor)."""
-        import torch
-
-        out = np.empty((len(images), self.preresize, self.preresize), dtype=np.uint8)
-        for i, img in enumerate(images):
-            img = np.asarray(img)
-            if img.dtype != np.uint8 or img.ndim != 2:
-                raise ValueError(f"image {i}: expected a uint8 H x W grey array, got {img.dtype} {img.shape}")
-            out[i] = img if img.shape == (self.preresize,) * 2 else fit_square(img, self.preresize)[0]
-        return torch.from_numpy(out).unsqueeze(1)
 
     def model_input(self, batch_u8) -> np.ndarray:
         """The normalised float32 tensor the graph takes (same transform as training: to_model_input)."""
@@ -108,23 +91,6 @@ class OnnxPredictor:
         else:
             abnormality = abnormality_from_probs(probs)
         return {"logits": logits, "probs": probs, "abnormality": abnormality, "embedding": out["embedding"]}
-
-    def predict(self, images, batch_size: int = 32) -> np.ndarray:
-        """N x C probabilities for uint8 grey images."""
-        return self.predict_full(images, batch_size)["probs"]
-
-    def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
-        """{"logits", "probs", "abnormality", "embedding"} for uint8 grey images, in batches."""
-        parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
-                 for i in range(0, len(images), batch_size)]
-        if not parts:
-            c = len(self.label_names)
-            return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
-                    "abnormality": np.zeros(0, np.float32)}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def positives(self, probs: np.ndarray) -> np.ndarray:
-        return probs >= self.thresholds
 
 
 def _torch_dtype(precision: str):
