@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from cxrkit import RESEARCH_NOTICE, __version__
 from cxrkit.data.errors import CxrError
+from cxrkit.fileio import atomic_write_json, fsync_dir
 
 BUNDLE_FORMAT = "cxrkit-bundle"
 BUNDLE_VERSION = 1
@@ -24,25 +24,12 @@ class BundleError(CxrError):
     """A bundle directory is missing, incomplete, or from an unknown format version."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_bundle_config(bundle_dir: str | Path, config: dict[str, Any]) -> None:
     """(Re)write config.json atomically - used to add calibration, a quality gate, metrics... after training."""
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise BundleError(f"bundle config lacks {missing}")
-    _atomic_write_bytes(Path(bundle_dir) / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=False).encode())
+    atomic_write_json(Path(bundle_dir) / CONFIG_NAME, config)
 
 
 def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_names, input_size: int,
@@ -84,6 +71,7 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out / WEIGHTS_NAME)
+        fsync_dir(out)
     write_bundle_config(out, config)
     return out
 
