@@ -11,7 +11,7 @@ from cxrkit.models.pretrained import PretrainedError
 torch.set_num_threads(1)
 
 ARCHS = ["densenet121", "resnet50", "vgg19_bn", "inception_v3", "mobilenetv2", "mobilenetv3", "efficientnet_b0",
-         "efficientnet_b3", "convnext_tiny"]
+         "efficientnet_b3", "convnext_tiny", "cxr_tiny"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -74,6 +74,16 @@ def test_pretrained_timm_safetensors(tmp_path):
             continue  # the ImageNet classifier is not part of the backbone
         expect = v.sum(1, keepdim=True) if k == "conv1.0.weight" else v
         assert torch.equal(ours[k], expect), k
+
+
+def test_pretrained_cxr_tiny_file(tmp_path):
+    from safetensors.torch import save_file
+
+    src = create_model("cxr_tiny", 14)
+    save_file(dict(src.backbone.state_dict()), str(tmp_path / "tiny.safetensors"))
+    model = create_model("cxr_tiny", 3, pretrained=tmp_path / "tiny.safetensors")
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
 
 
 def test_pretrained_from_bundle_dir(tmp_path):

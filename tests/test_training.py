@@ -216,3 +216,19 @@ def test_bench_train_tiny(tiny, tmp_path):
     assert result["cxrkit"]["img_per_s"] > 0 and result["reference"]["img_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["cxrkit"]["img_per_s"] / result["reference"]["img_per_s"])
     assert "speed-up" in res.output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_amp_training_and_bundle(tiny, precision):
+    result = train(_cfg(tiny, f"run_cuda_{precision}", device="cuda", precision=precision, epochs=1,
+                        deterministic=False, channels_last=True))
+    import cxrkit
+
+    pred = cxrkit.load_bundle(result.bundle_dir, device="cuda")
+    with np.load(result.run_dir / "val_predictions.npz", allow_pickle=False) as val:
+        from cxrkit.data.cache import open_cache
+
+        images = np.asarray(open_cache(tiny / "cache").images[val["rows"]])
+        # training validated under autocast, the predictor runs fp32: close, not identical
+        assert np.abs(pred.predict(list(images)) - val["probs"]).max() < 0.05

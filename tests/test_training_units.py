@@ -25,6 +25,21 @@ def test_chexnet_defaults():
     assert cfg.pos_weight and cfg.augment and cfg.hflip
 
 
+def test_demo_preset_and_cosine_schedule():
+    from cxrkit.training.trainer import Trainer
+
+    cfg = TrainConfig.demo_preset(cache="c", out="o", epochs=4).validate()
+    assert (cfg.arch, cfg.image_size, cfg.lr_schedule, cfg.epochs) == ("cxr_tiny", 160, "cosine", 4)
+    trainer = Trainer(cfg, 14, None, torch.device("cpu"))
+    lrs = []
+    for step in (0, 50, 100, 200):
+        trainer.cosine_lr(step, 100)
+        lrs.append(trainer.lr())
+    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(0.505e-3) and lrs[2] == lrs[3] == pytest.approx(1e-5)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(cache="c", out="o", lr_schedule="step").validate()
+
+
 def test_config_file_toml_json_and_overrides(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[train]\narch = "resnet10t"\nepochs = 3\nbetas = [0.8, 0.99]\nlr = 0.01\n')

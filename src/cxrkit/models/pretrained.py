@@ -48,7 +48,7 @@ def _adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 def load_into_backbone(backbone: nn.Module, name: str, state: dict[str, torch.Tensor], in_chans: int) -> list[str]:
     """Load a torchvision/timm classification state dict into a cxrkit backbone; returns keys left unloaded."""
     own = backbone.state_dict()
-    prefix = "features." if name == "densenet121" else "model."
+    prefix = "features." if name in ("densenet121", "cxr_tiny") else "model."
     mapped = {}
     for k, v in state.items():
         if name == "densenet121":

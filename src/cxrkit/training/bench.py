@@ -227,4 +227,7 @@ def format_result(result: dict) -> str:
         lines.append(f"reference : {b['img_per_s']:10.1f} img/s  ({b['arch']} {b['size']} px, fp32, batch {b['batch']},"
                      f" PIL + torchvision transforms, {b['workers']} workers)")
         lines.append(f"speed-up  : {result['ratio']:.2f}x (goal >= 10x on an H100)")
+        if a["arch"] != "densenet121":
+            lines.append(f"note      : the cxrkit path ran {a['arch']}, the reference DenseNet-121: the ratio compares "
+                         "different models (use the defaults for the real comparison)")
     return "\n".join(lines)

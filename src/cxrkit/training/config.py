@@ -15,6 +15,7 @@ class ConfigError(CxrError):
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("plateau", "cosine")
 SELECT = ("auroc", "loss")
 # Keys a resumed run may change: they do not alter what is computed, only how long or how loudly.
 RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_patience", "tensorboard",
@@ -24,8 +25,8 @@ RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_p
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Defaults follow CheXNet (Rajpurkar et al. 2017): DenseNet-121 at
-    224 px, class-weighted BCE, Adam 1e-3, LR x0.1 when the validation loss plateaus, best model by validation
-    AUROC. ``batch_size * accum_steps * world_size`` is the effective batch."""
+    224 px, class-weighted BCE, Adam 1e-3, LR x0.1 when the validation loss plateaus (``lr_schedule="plateau"``;
+    ``"cosine"`` anneals per step to 1% instead, steadier for short runs), best model by validation AUROC. ``batch_size * accum_steps * world_size`` is the effective batch."""
 
     cache: str = ""
     out: str = ""
@@ -41,6 +42,7 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    lr_schedule: str = "plateau"
     lr_factor: float = 0.1
     lr_patience: int = 1
     early_stop_patience: int | None = 5
@@ -72,10 +74,10 @@ class TrainConfig:
 
     @classmethod
     def demo_preset(cls, **overrides: Any) -> "TrainConfig":
-        """The CPU demo recipe ("cpu-demo", docs/training.md): the small ``cxr_tiny`` CNN at 128 px, 24 epochs of a
-        2,000-3,000 image phantom set; phantom test mean AUROC about 0.92 in about three minutes on two cores."""
-        base = dict(arch="cxr_tiny", image_size=128, epochs=24, batch_size=32, accum_steps=1, lr=1e-3,
-                    lr_patience=3, early_stop_patience=None, precision="fp32", channels_last=False,
+        """The CPU demo recipe ("cpu-demo", docs/training.md): the small ``cxr_tiny`` CNN at 160 px, 20 epochs of a
+        3,000-image 160-px phantom set: phantom test mean AUROC 0.90-0.93 in about four minutes on two shared cores."""
+        base = dict(arch="cxr_tiny", image_size=160, epochs=20, batch_size=32, accum_steps=1, lr=1e-3,
+                    lr_schedule="cosine", early_stop_patience=None, precision="fp32", channels_last=False,
                     rotate_deg=5.0, translate=0.04, scale=0.04, preset="cpu-demo")
         base.update(overrides)
         return cls(**base)
@@ -85,6 +87,8 @@ class TrainConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.select not in SELECT:
             problems.append(f"select must be one of {SELECT}, got {self.select!r}")
         for name in ("epochs", "batch_size", "accum_steps", "image_size"):

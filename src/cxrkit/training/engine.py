@@ -182,6 +182,8 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
                 s["micro"] += 1
                 if not last_of_group:
                     continue
+                if cfg.lr_schedule == "cosine":
+                    trainer.cosine_lr(s["global_step"], steps * cfg.epochs)
                 trainer.optimizer_step()
                 s["global_step"] += 1
                 at_log = s["global_step"] % max(1, cfg.log_every) == 0
@@ -245,7 +247,8 @@ def _end_epoch(cfg, trainer: Trainer, val_loader, cache, run_dir: Path, s: dict,
                          "train/epoch_img_per_s": img_s, **{f"val_auroc/{k}": v for k, v in aucs.items()}}, epoch + 1)
         monitor.epoch_line(record)
     record = dist_util.broadcast(record, info)
-    trainer.scheduler.step(record["val_loss"])
+    if cfg.lr_schedule == "plateau":
+        trainer.scheduler.step(record["val_loss"])
     if record["improved"]:
         s["best"] = record["val_mean_auroc"] if cfg.select == "auroc" else record["val_loss"]
         s["best_epoch"], s["bad_epochs"] = epoch, 0

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -132,6 +133,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def cosine_lr(self, step: int, total: int) -> None:
+        """Set the LR of optimiser step ``step`` of ``total`` on a cosine from cfg.lr down to 1% of it (a pure
+        function of the step, so resume needs no scheduler state)."""
+        base = self.cfg.lr
+        lr = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
