@@ -20,9 +20,10 @@ from cxrkit import RESEARCH_NOTICE
 @dataclass
 class DemoConfig:
     out: Path = Path("cxr-demo")
-    n_images: int = 2500
-    phantom_size: int = 256
-    cache_size: int = 128
+    # The measured CPU recipe (docs/training.md): 3,000 films at 160 px reach phantom test mean AUROC ~0.93.
+    n_images: int = 3000
+    phantom_size: int = 160
+    cache_size: int = 160
     seed: int = 0
     epochs: int | None = None   # None: the demo preset's
     n_boot: int = 1000
