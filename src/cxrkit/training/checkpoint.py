@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cxrkit.data.errors import CxrError
+from cxrkit.fileio import atomic_write_bytes
 
 LAST = "last.pt"
 
@@ -21,24 +20,10 @@ class CheckpointError(CxrError):
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write bytes so that ``path`` holds either the old or the new content, never a torn file (even on SIGKILL
-    or power loss): temp file in the same folder, fsync, rename, fsync the folder."""
+    or power loss); creates the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_bytes(path, data)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
