@@ -30,3 +30,26 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_bundle():
+    """Factory: write a random-init bundle (resnet10t, 14 NIH findings, 64 px) to a folder and return its path.
+
+    Small enough for fast tests; seeded inside ``fork_rng`` so the global torch RNG is left as it was.
+    """
+
+    def make(out: Path, arch: str = "resnet10t", size: int = 64, seed: int = 0) -> Path:
+        import torch
+
+        from cxrkit.bundle import save_bundle
+        from cxrkit.data.labels import NIH_FINDINGS
+        from cxrkit.models import create_model
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(arch, len(NIH_FINDINGS))
+        return save_bundle(out, model, label_names=NIH_FINDINGS, input_size=size, preresize=size, mean=0.449,
+                           std=0.226)
+
+    return make

@@ -10,20 +10,14 @@ import typer
 from typer.testing import CliRunner
 
 from cxrkit import RESEARCH_NOTICE
-from cxrkit.bundle import save_bundle
 from cxrkit.data.labels import NIH_FINDINGS
 from cxrkit.explain import ExplainError
 from cxrkit.explain.cli import register
-from cxrkit.models import create_model
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    save_bundle(out, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                mean=0.449, std=0.226)
-    return out
+def bundle(tmp_path_factory, make_tiny_bundle):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "b")
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,16 @@ import pytest
 import torch
 
 from cxrkit import RESEARCH_NOTICE
-from cxrkit.bundle import load_bundle, save_bundle
+from cxrkit.bundle import load_bundle
 from cxrkit.data.labels import NIH_FINDINGS
 from cxrkit.deploy.predict import PredictError, expand_inputs, predict_files, read_journal, run_shard, write_results
-from cxrkit.models import create_model
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("bundle")
-    return save_bundle(out, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                       mean=0.449, std=0.226)
+def bundle(tmp_path_factory, make_tiny_bundle) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.bundle import load_bundle, save_bundle
+from cxrkit.bundle import load_bundle
 from cxrkit.data.decode import read_image, read_image_with_meta
-from cxrkit.data.labels import NIH_FINDINGS
 from cxrkit.deploy.bench import _document, nih_split
 from cxrkit.deploy.quality import QualityGate, QualityGateError, fit_gate, fit_quality_gate, rule_reason
 from cxrkit.deploy.quality_features import colourfulness, explicit_checks, handcrafted_features
-from cxrkit.models import create_model
 
 torch.set_num_threads(1)
 N_FIT = 200
@@ -28,11 +26,8 @@ def split(shared_data):
 
 
 @pytest.fixture(scope="module")
-def gated_bundle(tmp_path_factory, split):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("gated")
-    save_bundle(out, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                mean=0.449, std=0.226)
+def gated_bundle(tmp_path_factory, split, make_tiny_bundle):
+    out = make_tiny_bundle(tmp_path_factory.mktemp("gated"))
     fit_quality_gate(out, split[0], target_fpr=0.02, seed=0)
     return out
 

@@ -26,16 +26,9 @@ LIMIT = 1024 * 1024  # 1 MB upload limit for these tests
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from cxrkit.bundle import save_bundle
-    from cxrkit.models import create_model
-
+def bundle(tmp_path_factory, make_tiny_bundle) -> Path:
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("serve") / "bundle"
-    save_bundle(out, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                mean=0.449, std=0.226)
-    return out
+    return make_tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
 
 
 @pytest.fixture(scope="module")
@@ -409,20 +402,16 @@ def test_not_started_is_503_and_app_can_be_served_twice(bundle, nih_png):
 
 
 # -- quality gate verdicts ------------------------------------------------------------------------
-def test_quality_gate_verdicts(tmp_path, shared_data, nih_png):
+def test_quality_gate_verdicts(tmp_path, shared_data, nih_png, make_tiny_bundle):
     """A bundle with a fitted gate: a held-out NIH film gets a score; the abdominal DICOM is flagged (header)."""
     import shutil
 
-    from cxrkit.bundle import save_bundle
     from cxrkit.data.decode import read_image
     from cxrkit.deploy.quality import fit_quality_gate
-    from cxrkit.models import create_model
 
     films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))
     fit, held = films[1:21], films[0]  # films[0] is 00000075_000.png, not fitted on
-    torch.manual_seed(0)
-    gated = save_bundle(tmp_path / "gated", create_model("resnet10t", 14), label_names=NIH_FINDINGS,
-                        input_size=64, preresize=64, mean=0.449, std=0.226)
+    gated = make_tiny_bundle(tmp_path / "gated")
     fit_quality_gate(gated, [read_image(p) for p in fit], target_fpr=0.02, seed=0)
     with serve_in_thread(create_app(gated, api_key=KEY)) as url, httpx.Client(base_url=url, timeout=30) as c:
         film = _predict(c, held.read_bytes()).json()["quality"]

@@ -10,23 +10,17 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from cxrkit.data.labels import NIH_FINDINGS  # noqa: E402
 
 KEY = "schema-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def live_url(tmp_path_factory):
-    from cxrkit.bundle import save_bundle
+def live_url(tmp_path_factory, make_tiny_bundle):
     from cxrkit.deploy.serve.app import create_app
     from cxrkit.deploy.serve.live import serve_in_thread
-    from cxrkit.models import create_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    bundle = tmp_path_factory.mktemp("schema") / "bundle"
-    save_bundle(bundle, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                mean=0.449, std=0.226)
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("schema") / "bundle")
     app = create_app(bundle, api_key=KEY, max_upload_bytes=256 * 1024, max_wait_ms=1)
     with serve_in_thread(app) as url:
         yield url

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("fastapi")
 
 from cxrkit import RESEARCH_NOTICE  # noqa: E402
-from cxrkit.data.labels import NIH_FINDINGS  # noqa: E402
 from cxrkit.deploy.serve.app import WEB_DIR, create_app  # noqa: E402
 from cxrkit.deploy.serve.live import serve_in_thread  # noqa: E402
 
@@ -35,15 +34,9 @@ for (const type of ["dragenter", "dragover", "drop"]) {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from cxrkit.bundle import save_bundle
-    from cxrkit.models import create_model
-
+def server(tmp_path_factory, make_tiny_bundle):
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    bundle = tmp_path_factory.mktemp("web") / "bundle"
-    save_bundle(bundle, create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=64, preresize=64,
-                mean=0.449, std=0.226)
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("web") / "bundle")
     with serve_in_thread(create_app(bundle, api_key=KEY)) as url:
         yield url
 
