@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import shutil
@@ -145,15 +144,8 @@ def test_dicom_folder_with_non_chest_and_broken_files(shared_data, tmp_path):
 
 
 def _cxr_command() -> list[str]:
-    """The real `cxr` entry point; while other stages' CLIs are missing, a `cxr` made of the data stage alone."""
-    try:
-        importlib.import_module("cxrkit.cli").build_app()
-        return [sys.executable, "-m", "cxrkit.cli"]
-    except ImportError:
-        code = ("import sys, typer; from cxrkit.data.cli import register; app = typer.Typer(); "
-                "g = {'data': typer.Typer(), 'bench': typer.Typer()}; register(app, g); "
-                "[app.add_typer(t, name=k) for k, t in g.items()]; app()")
-        return [sys.executable, "-c", code]
+    """The real `cxr` entry point."""
+    return [sys.executable, "-m", "cxrkit.cli"]
 
 
 def test_sigkill_mid_prepare_then_resume_is_byte_identical(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cxrkit.data.cli import register
+from cxrkit.cli import build_app
 from cxrkit.data.errors import CacheError
 
 runner = CliRunner()
@@ -18,12 +18,7 @@ runner = CliRunner()
 
 def data_app() -> typer.Typer:
     """A `cxr` holding only this stage's commands (the root app also needs every other stage's CLI)."""
-    app = typer.Typer()
-    groups = {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
-    for name, group in groups.items():
-        app.add_typer(group, name=name)
-    return app
+    return build_app(stages=("cxrkit.data.cli",))
 
 
 def make_nih(root: Path, n: int = 16) -> Path:

@@ -1,25 +1,19 @@
-"""The evaluation stage's commands through Typer (registered on a bare app, as cxrkit.cli does)."""
+"""The evaluation stage's commands through Typer (an app holding only this stage, built by cxrkit.cli)."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from cxrkit.evaluation.cli import register
+from cxrkit.cli import build_app
 from cxrkit.evaluation.triage import TriageError
 
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    groups = {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
-    for name, g in groups.items():
-        app.add_typer(g, name=name)
-    return app
+    return build_app(stages=("cxrkit.evaluation.cli",))
 
 
 def test_bench_bootstrap_small(app):

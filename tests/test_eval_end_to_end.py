@@ -109,14 +109,12 @@ def test_evaluate_writes_metrics_and_report(setup, shared_data):
 
 
 def test_cli_evaluate_without_explain_says_heatmaps_unavailable(setup, monkeypatch):
-    import typer
     from typer.testing import CliRunner
 
-    from cxrkit.evaluation.cli import register
+    from cxrkit.cli import build_app
 
     root, cache, b0, _ = setup
-    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
+    app = build_app(stages=("cxrkit.evaluation.cli",))
     monkeypatch.setitem(sys.modules, "cxrkit.explain", None)  # import now fails as if the package were absent
     res = CliRunner().invoke(app, ["evaluate", str(b0), str(cache.path), "--out", str(root / "noexp"), "--n-boot",
                                    "10", "--quiet"])

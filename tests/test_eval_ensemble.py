@@ -94,13 +94,11 @@ def test_ensemble_errors(members, tmp_path):
 
 
 def test_ensemble_cli(members, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from cxrkit.evaluation.cli import register
+    from cxrkit.cli import build_app
 
-    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
+    app = build_app(stages=("cxrkit.evaluation.cli",))
     res = CliRunner().invoke(app, ["ensemble", str(members[0]), str(members[1]), "--out", str(tmp_path / "e"),
                                    "--method", "max"])
     assert res.exit_code == 0, res.output

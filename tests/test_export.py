@@ -129,12 +129,9 @@ def test_load_predictor_errors(tmp_path):
 
 
 def test_cli_export_and_predict_with_onnx_backend(tmp_path, shared_data):
-    import typer
+    from cxrkit.cli import build_app
 
-    from cxrkit.deploy.cli import register
-
-    app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
+    app = build_app(stages=("cxrkit.deploy.cli",))
     b = _bundle(tmp_path / "b")
     runner = CliRunner()
     res = runner.invoke(app, ["export", str(b), "--format", "onnx"])

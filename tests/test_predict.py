@@ -126,12 +126,10 @@ def test_run_shard_resumes_from_its_journal(bundle, inputs, tmp_path):
 def test_torchrun_two_process_gloo_matches_single_process(bundle, inputs, tmp_path):
     script = tmp_path / "cxr_deploy.py"
     script.write_text(textwrap.dedent("""
-        import sys, typer, torch
+        import sys, torch
         torch.set_num_threads(1)
-        from cxrkit.deploy.cli import register
-        app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
-        register(app, groups)
-        app(args=sys.argv[1:])
+        from cxrkit.cli import build_app
+        build_app(stages=("cxrkit.deploy.cli",))(args=sys.argv[1:])
     """))
     out = tmp_path / "dist.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

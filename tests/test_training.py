@@ -197,15 +197,11 @@ def test_nan_loss_stops_with_clear_error(tiny):
 
 
 def test_bench_train_tiny(tiny, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from cxrkit.training.cli import register
+    from cxrkit.cli import build_app
 
-    app = typer.Typer()
-    groups = {"data": typer.Typer(), "bench": typer.Typer()}
-    register(app, groups)
-    app.add_typer(groups["bench"], name="bench")
+    app = build_app(stages=("cxrkit.training.cli",))
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", "train", "--source", str(tiny / "nih"), "--work-dir", str(tmp_path),
                                    "--arch", "resnet10t", "--size", "48", "--batch", "16", "--ref-batch", "8",

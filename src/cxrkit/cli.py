@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 
 import typer
 
@@ -23,7 +24,8 @@ STAGE_CLIS = (
 )
 
 
-def build_app() -> typer.Typer:
+def build_app(stages: Sequence[str] = STAGE_CLIS) -> typer.Typer:
+    """The `cxr` app with the commands of ``stages`` (every stage by default; tests may build one stage alone)."""
     app = typer.Typer(
         name="cxr",
         help=f"cxrkit {__version__}: chest X-ray classifiers, trained, evaluated, explained and served.\n\n{RESEARCH_NOTICE}",
@@ -34,7 +36,7 @@ def build_app() -> typer.Typer:
         "data": typer.Typer(help="Inspect datasets and prepared caches.", no_args_is_help=True),
         "bench": typer.Typer(help="Benchmarks (results go in docs/benchmarks.md).", no_args_is_help=True),
     }
-    for name in STAGE_CLIS:
+    for name in stages:
         importlib.import_module(name).register(app, groups)
     for name, group in groups.items():
         app.add_typer(group, name=name)
