@@ -315,7 +315,9 @@ def read_file_bytes(path: os.PathLike | str, limits: DecodeLimits) -> bytes:
             raise ImageError(where, f"file is {size} bytes, over the size limit of {limits.max_bytes} bytes "
                                     "(DecodeLimits.max_bytes)")
         with open(where, "rb") as fh:
-            return fh.read(limits.max_bytes + 1)
+            # Ask for what stat promised (+1 to notice growth): read(max_bytes) would allocate the whole cap per file.
+            # Size 0 may be a pipe or a /proc-like file, which says nothing about its length.
+            return fh.read(size + 1 if size else limits.max_bytes + 1)
     except FileNotFoundError:
         raise ImageError(where, "file not found; check the path") from None
     except IsADirectoryError:
