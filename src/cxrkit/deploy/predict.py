@@ -16,7 +16,6 @@ from cxrkit import RESEARCH_NOTICE
 from cxrkit.data.errors import CxrError, ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ""}  # "" : DICOM files often have no suffix
-GREY_PHOTOMETRIC = {None, "grey", "grey+alpha"}
 
 
 class PredictError(CxrError):
@@ -43,13 +42,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 def decode_input(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """read_image_with_meta, plus ``colourfulness`` for colour PNG/JPEG (read_image returns grey, so colour
     photographs are only recognisable from the file itself)."""
-    from cxrkit.data.decode import read_image_with_meta
-    from cxrkit.deploy.quality_features import file_colourfulness
+    from cxrkit.data.decode import DecodeLimits, decode_bytes_with_meta, read_file_bytes
+    from cxrkit.deploy.quality_features import add_colourfulness
 
-    image, meta = read_image_with_meta(path)
-    if meta.get("source_format") in ("png", "jpeg") and meta.get("photometric") not in GREY_PHOTOMETRIC:
-        meta["colourfulness"] = file_colourfulness(Path(path).read_bytes())
-    return image, meta
+    limits = DecodeLimits()
+    data = read_file_bytes(path, limits)  # read once: the colour check needs the same bytes
+    image, meta = decode_bytes_with_meta(data, name=os.fspath(path), limits=limits)
+    return image, add_colourfulness(meta, data)
 
 
 def _safe_decode(path: Path):

@@ -71,6 +71,16 @@ def file_colourfulness(data: bytes) -> float:
     return 0.0 if arr is None else colourfulness(arr, "bgr")
 
 
+GREY_PHOTOMETRIC = {None, "grey", "grey+alpha"}
+
+
+def add_colourfulness(meta: dict, data: bytes) -> dict:
+    """Set ``meta["colourfulness"]`` for colour PNG/JPEG files (the grey decode hides colour photographs)."""
+    if meta.get("source_format") in ("png", "jpeg") and meta.get("photometric") not in GREY_PHOTOMETRIC:
+        meta["colourfulness"] = file_colourfulness(data)
+    return meta
+
+
 def explicit_checks(image_u8: np.ndarray) -> str | None:
     """Cheap rule checks that need no fitted model; the reason an image is refused, or None.
 

@@ -14,7 +14,6 @@ from cxrkit import RESEARCH_NOTICE, __version__
 from cxrkit.data.decode import DecodeLimits, decode_bytes_with_meta, sniff_format
 from cxrkit.data.errors import CxrError, ImageError
 
-GREY_PHOTOMETRIC = {None, "grey", "grey+alpha"}
 HEATMAP_MAX_SIDE = 512
 # CAM maps are coarse (7 x 7 cells for DenseNet-121 at 224 px): overlays at a long side of 128 px lose nothing
 # and keep 14 of them around 100 KB; clients scale them to the image (browsers interpolate smoothly).
@@ -63,11 +62,9 @@ def decode_upload(data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict[s
         raise
     except (ValueError, OSError, MemoryError) as exc:  # a decoder surprise on hostile input is still bad input
         raise ImageError("upload", f"could not decode the image: {type(exc).__name__}") from None
-    if meta.get("source_format") in ("png", "jpeg") and meta.get("photometric") not in GREY_PHOTOMETRIC:
-        from cxrkit.deploy.quality_features import file_colourfulness
+    from cxrkit.deploy.quality_features import add_colourfulness
 
-        meta["colourfulness"] = file_colourfulness(data)
-    return image, meta
+    return image, add_colourfulness(meta, data)
 
 
 def png_b64(image: np.ndarray) -> str:
