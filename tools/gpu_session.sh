@@ -2,7 +2,7 @@
 # Every GPU measurement the issues ask for, in one call on the lent GPU machine (see docs/benchmarks.md).
 #
 #   bash tools/gpu_session.sh [STEP ...]     steps: env tests train infer prepare loader dn121
-#                                            (default: all but dn121)
+#                                            int8model (default: all but the last two)
 #
 # Expects the checkout as the working directory, with (git-ignored, carried by the device tool):
 #   .whl/   wheels of packages the GPU image lacks (pydicom), installed to /tmp/site
@@ -72,6 +72,16 @@ numpy.__version__, "cv2", cv2.__version__)'
       }
       export -f dn121
       run_step dn121 480 bash -c dn121 ;;
+    int8model)  # a DenseNet-121 for the INT8 accuracy check on a 2-core machine: weights come back as fp16
+      int8model() {  # (the fetch limit is 16 MB a file); tools/fp16_bundle.py turns them back into a bundle
+        cxr phantom /tmp/ph8k --n 8000 --size 256 --seed 0 --workers 16 &&
+        cxr prepare /tmp/ph8k /tmp/ph8k_cache --size 256 --quiet &&
+        cxr train /tmp/ph8k_cache --out /tmp/run_int8 --arch densenet121 --epochs 10 --batch-size 128 --quiet &&
+        python3 tools/fp16_bundle.py pack /tmp/run_int8/bundle "$OUT/int8model" &&
+        cp /tmp/run_int8/history.jsonl "$OUT/int8model_history.jsonl"
+      }
+      export -f int8model
+      run_step int8model 420 bash -c int8model ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -1,7 +1,7 @@
 """Deployment: batch prediction, the input quality gate, ONNX/TorchScript export, runtimes, (REST service).
 
 Public API (imported lazily so ``cxr --help`` stays light): :func:`predict_files`, :func:`expand_inputs`,
-:func:`load_predictor`, :class:`OnnxPredictor`, :class:`QualityGate`, :func:`fit_quality_gate`, :func:`export`,
+:func:`load_predictor`, :class:`OnnxPredictor`, :class:`OpenVinoPredictor`, :class:`QualityGate`, :func:`fit_quality_gate`, :func:`export`,
 :func:`export_onnx`, :func:`export_torchscript`, :func:`quantize_int8`. See docs/deploy.md.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ _LAZY = {
     "write_results": "cxrkit.deploy.predict",
     "load_predictor": "cxrkit.deploy.onnx_runtime",
     "OnnxPredictor": "cxrkit.deploy.onnx_runtime",
+    "OpenVinoPredictor": "cxrkit.deploy.openvino_runtime",
     "QualityGate": "cxrkit.deploy.quality",
     "fit_quality_gate": "cxrkit.deploy.quality",
     "export": "cxrkit.deploy.export",

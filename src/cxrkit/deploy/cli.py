@@ -19,14 +19,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("predict")
     def predict_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory (or an exported .onnx with --backend onnx)"),
+        bundle: Path = typer.Argument(..., help="bundle directory (or an exported .onnx with --backend onnx/openvino)"),
         inputs: List[str] = typer.Argument(..., help="image files, folders (recursive) or glob patterns"),
         out: Path = typer.Option(..., "--out", "-o", help="results.csv or results.jsonl"),
         heatmaps: Optional[Path] = typer.Option(None, help="write a heatmap figure per positive finding here"),
         batch_size: int = typer.Option(32, min=1),
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
-        backend: str = typer.Option("torch", help="torch or onnx (BUNDLE/model.onnx, from `cxr export`)"),
-        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8"),
+        backend: str = typer.Option("torch", help="torch, onnx or openvino (the last two run BUNDLE/model*.onnx, "
+                                    "from `cxr export`)"),
+        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8; openvino: fp32/int8/bf16"),
         workers: int = typer.Option(2, min=1, help="decoding threads"),
         gate: bool = typer.Option(True, help="apply the bundle's quality gate (--no-gate: header/rule checks only)"),
     ) -> None:
@@ -151,7 +152,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         device: str = typer.Option("cpu", help="cpu: latency + img/s per backend; cuda: batch img/s"),
         size: int = typer.Option(224), n: int = typer.Option(64, help="images for latency/throughput"),
         threads: int = typer.Option(0, help="CPU threads (0: all cores)"),
-        backends: List[str] = typer.Option(["torch-fp32", "onnx-fp32", "onnx-int8"]),
+        backends: Optional[List[str]] = typer.Option(None, help="BACKEND-PRECISION, repeatable (default: "
+                                                     "torch-fp32, onnx-fp32, onnx-int8, and openvino-fp32/int8/bf16 "
+                                                     "when openvino is installed)"),
         batch_size: int = typer.Option(256, help="GPU batch"), compile: bool = typer.Option(True),
         precision: str = typer.Option("bf16", help="GPU precision"),
         cache: Optional[Path] = typer.Option(None, help="prepared cache: INT8 calibration (train) and the AUROC "
@@ -169,7 +172,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             _echo_json(bench.gpu_throughput(bundle, batch_size, precision=precision, compile=compile))
             return
         _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
-                                    backends=backends, cache=cache))
+                                    backends=backends or bench.default_cpu_backends(), cache=cache))
 
     # `cxr serve` / `cxr bench serve` are registered by cxrkit.deploy.serve.cli_serve (its own STAGE_CLIS entry).
     app.add_typer(gate_app, name="gate")

@@ -1,6 +1,7 @@
-"""One predictor interface over torch and ONNX Runtime.
+"""One predictor interface over torch, ONNX Runtime and OpenVINO.
 
-:class:`OnnxPredictor` has the same methods as :class:`cxrkit.bundle.Predictor` (``predict``, ``predict_full``,
+:class:`OnnxPredictor` (and :class:`cxrkit.deploy.openvino_runtime.OpenVinoPredictor`, which runs the same exported
+file) has the same methods as :class:`cxrkit.bundle.Predictor` (``predict``, ``predict_full``,
 ``forward_uint8``, ``label_names``, ``thresholds``, ``positives``) so batch prediction, the quality gate, the
 service and the benchmarks never care which backend runs the network. The ONNX graph (written by
 :func:`cxrkit.deploy.export.export_onnx`) takes the *normalised float* tensor at the bundle's input size; the
@@ -41,31 +42,23 @@ def read_onnx_config(onnx_path: str | Path) -> dict | None:
     return None
 
 
-class OnnxPredictor(BasePredictor):
-    """An exported bundle run by ONNX Runtime: uint8 grey images in, calibrated probabilities out."""
+def _require_onnx_config(onnx_path: Path, config: dict | None) -> dict:
+    if not onnx_path.is_file():
+        raise BackendError(f"{onnx_path}: ONNX file not found (write it with `cxr export BUNDLE --format onnx`)")
+    config = config or read_onnx_config(onnx_path)
+    if config is None:
+        raise BackendError(f"{onnx_path} carries no cxrkit config; pass the bundle directory instead")
+    return config
 
-    def __init__(self, onnx_path: str | Path, config: dict | None = None, *, providers: Sequence[str] | None = None,
-                 threads: int | None = None, path: Path | None = None):
-        import onnxruntime as ort
 
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise BackendError(f"{onnx_path}: ONNX file not found (write it with `cxr export BUNDLE --format onnx`)")
-        config = config or read_onnx_config(onnx_path)
-        if config is None:
-            raise BackendError(f"{onnx_path} carries no cxrkit config; pass the bundle directory instead")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        available = ort.get_available_providers()
-        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        super().__init__(config, path=path)
-        self.onnx_path = onnx_path
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+class GraphPredictor(BasePredictor):
+    """An exported graph (normalised float in; logits, embedding [, abnormal_logit] out) behind the predictor
+    interface: preprocessing, sigmoid and calibration here, the network in :meth:`run` of a runtime subclass."""
+
+    onnx_path: Path
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def model_input(self, batch_u8) -> np.ndarray:
         """The normalised float32 tensor the graph takes (same transform as training: to_model_input)."""
@@ -81,10 +74,6 @@ class OnnxPredictor(BasePredictor):
             return ((x - np.float32(self.mean)) / np.float32(self.std)).reshape(len(arr), 1, *arr.shape[-2:])
         return to_model_input(torch.from_numpy(arr), self.input_size, self.mean, self.std).numpy()
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw graph outputs for a normalised float batch: logits, embedding [, abnormal_logit]."""
-        return dict(zip(self.output_names, self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})))
-
     def forward_uint8(self, batch_u8) -> dict[str, np.ndarray]:
         """uint8 B x 1 x P x P -> {"logits", "probs", "abnormality", "embedding"} numpy arrays."""
         out = self.run(self.model_input(batch_u8))
@@ -95,6 +84,33 @@ class OnnxPredictor(BasePredictor):
         else:
             abnormality = abnormality_from_probs(probs)
         return {"logits": logits, "probs": probs, "abnormality": abnormality, "embedding": out["embedding"]}
+
+
+class OnnxPredictor(GraphPredictor):
+    """An exported bundle run by ONNX Runtime: uint8 grey images in, calibrated probabilities out."""
+
+    def __init__(self, onnx_path: str | Path, config: dict | None = None, *, providers: Sequence[str] | None = None,
+                 threads: int | None = None, path: Path | None = None):
+        import onnxruntime as ort
+
+        onnx_path = Path(onnx_path)
+        config = _require_onnx_config(onnx_path, config)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        super().__init__(config, path=path)
+        self.onnx_path = onnx_path
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs for a normalised float batch: logits, embedding [, abnormal_logit]."""
+        return dict(zip(self.output_names, self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})))
 
 
 def _torch_dtype(precision: str):
@@ -113,21 +129,31 @@ def load_predictor(bundle: str | Path, backend: str = "torch", *, device: str = 
     ``backend="torch"``: eager (or ``compile=True``: torch.compile of the forward) on ``device`` with autocast at
     ``precision`` (fp32/bf16/fp16); ``channels_last`` defaults to on for CUDA. ``backend="onnx"``: ONNX Runtime
     on ``onnx_file`` (default ``BUNDLE/model.onnx``; ``precision="int8"`` picks ``BUNDLE/model.int8.onnx``),
-    CUDA execution provider when ``device="cuda"`` and available.
+    CUDA execution provider when ``device="cuda"`` and available. ``backend="openvino"``: the same files run by
+    OpenVINO on the CPU (fp32, int8, or bf16 = the fp32 graph computed in bf16 where the CPU supports it).
     """
     bundle = Path(bundle)
-    if backend == "onnx":
-        if onnx_file is None:
-            if bundle.suffix == ".onnx":
-                return OnnxPredictor(bundle, threads=threads)
-            onnx_file = bundle / (ONNX_INT8_NAME if precision == "int8" else ONNX_NAME)
-        elif precision not in ("fp32", "int8"):
-            raise BackendError(f"the onnx backend runs the precision the file was exported in; got {precision!r}")
-        config = read_bundle_config(bundle) if bundle.is_dir() else None
+    if backend in ("onnx", "openvino"):
+        if backend == "openvino" and device.startswith("cuda"):
+            raise BackendError("the openvino backend runs on the CPU; use --backend torch or onnx for CUDA")
+        allowed = ("fp32", "int8", "bf16") if backend == "openvino" else ("fp32", "int8")
+        if precision not in allowed:
+            raise BackendError(f"the {backend} backend runs precision {' / '.join(allowed)}; got {precision!r}")
+        if onnx_file is None and bundle.suffix == ".onnx":
+            onnx_file, config = bundle, None
+        else:
+            if onnx_file is None:
+                onnx_file = bundle / (ONNX_INT8_NAME if precision == "int8" else ONNX_NAME)
+            config = read_bundle_config(bundle) if bundle.is_dir() else None
+        path = bundle if bundle.is_dir() else None
+        if backend == "openvino":
+            from cxrkit.deploy.openvino_runtime import OpenVinoPredictor
+
+            return OpenVinoPredictor(onnx_file, config, precision=precision, threads=threads, path=path)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        return OnnxPredictor(onnx_file, config, providers=providers, threads=threads, path=bundle)
+        return OnnxPredictor(onnx_file, config, providers=providers, threads=threads, path=path)
     if backend != "torch":
-        raise BackendError(f"unknown backend {backend!r}; choose 'torch' or 'onnx'")
+        raise BackendError(f"unknown backend {backend!r}; choose 'torch', 'onnx' or 'openvino'")
     import torch
 
     from cxrkit.bundle import load_bundle

@@ -42,19 +42,20 @@ class ServeSettings:
             raise ServeError(f"invalid service limits {asdict(self)}: sizes, timeout and threads must be positive")
 
 
-def _load(predictor_or_bundle, backend: str, device: str):
+def _load(predictor_or_bundle, backend: str, device: str, precision: str):
     if isinstance(predictor_or_bundle, (str, os.PathLike)):
         from cxrkit.deploy.onnx_runtime import load_predictor
 
-        return load_predictor(Path(predictor_or_bundle), backend=backend, device=device)
+        return load_predictor(Path(predictor_or_bundle), backend=backend, device=device, precision=precision)
     return predictor_or_bundle
 
 
 def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth_localhost: bool = False,
                max_upload_bytes: int = 20 * MB, max_batch: int = 16, max_wait_ms: float = 10.0,
                timeout_s: float = 30.0, max_queue: int = 256, max_pixels: int = 50_000_000,
-               backend: str = "torch", device: str = "cpu", warm_up: bool = True):
-    """Build the service around a loaded predictor (``cxrkit.bundle.Predictor``/``OnnxPredictor``) or a bundle path.
+               backend: str = "torch", device: str = "cpu", precision: str = "fp32", warm_up: bool = True):
+    """Build the service around a loaded predictor (any :func:`cxrkit.deploy.load_predictor` result) or a bundle
+    path, loaded with ``backend``/``device``/``precision`` as :func:`~cxrkit.deploy.load_predictor` takes them.
 
     ``api_key``: required in the ``X-API-Key`` header of every ``/v1/*`` and ``/metrics`` request. Without one the
     app is only built when ``allow_no_auth_localhost`` is set, and then answers loopback clients only.
@@ -76,7 +77,7 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
     settings = ServeSettings(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              timeout_s=timeout_s, max_queue=max_queue, max_pixels=max_pixels)
     metrics = ServeMetrics()
-    service = ModelService(_load(predictor_or_bundle, backend, device), metrics=metrics,
+    service = ModelService(_load(predictor_or_bundle, backend, device, precision), metrics=metrics,
                            decode_limits=DecodeLimits(max_pixels=max_pixels, max_bytes=max_upload_bytes))
     batcher = MicroBatcher(service.run_batch, executor=None, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            max_queue=max_queue, observe=metrics.batch_size.observe, on_depth=metrics.queue_depth.set)

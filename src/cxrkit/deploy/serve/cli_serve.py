@@ -36,8 +36,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         timeout_s: float = typer.Option(30.0, min=0.01, help="per-request limit (504 after it)"),
         max_queue: int = typer.Option(256, min=1, help="requests allowed to wait for the model (503 beyond)"),
         workers: int = typer.Option(1, min=1, help="server processes (each loads the model)"),
-        backend: str = typer.Option("torch", help="torch or onnx"),
+        backend: str = typer.Option("torch", help="torch, onnx or openvino (the last two run BUNDLE/model*.onnx)"),
         device: str = typer.Option("cpu", help="cpu or cuda"),
+        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8; openvino: fp32/int8/bf16"),
         log_level: str = typer.Option("info", help="debug, info, warning or error"),
     ) -> None:
         """Serve a bundle over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics and a web page at /.
@@ -64,7 +65,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise ServeError(f"--log-level {log_level!r}: choose debug, info, warning or error")
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         settings = {"max_upload_bytes": int(max_upload_mb * MB), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                    "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device}
+                    "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device,
+                    "precision": precision}
         typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
         auth = "API key required (X-API-Key)" if key else "NO AUTH (loopback only)"
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
@@ -90,7 +92,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_wait_ms: float = typer.Option(10.0, min=0.0),
         modes: str = typer.Option("batched,unbatched", help="comma-separated: batched, unbatched"),
         max_requests: int = typer.Option(1_000_000, min=1, help="stop a mode after this many requests"),
-        backend: str = typer.Option("torch", help="torch or onnx"),
+        backend: str = typer.Option("torch", help="torch, onnx or openvino"),
         device: str = typer.Option("cpu", help="cpu or cuda (the server's device)"),
         out: Optional[Path] = typer.Option(None, help="write the results JSON here (a .md table beside it)"),
     ) -> None:
