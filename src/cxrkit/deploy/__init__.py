@@ -1,8 +1,9 @@
 """Deployment: batch prediction, the input quality gate, ONNX/TorchScript export, runtimes, (REST service).
 
 Public API (imported lazily so ``cxr --help`` stays light): :func:`predict_files`, :func:`expand_inputs`,
-:func:`load_predictor`, :class:`OnnxPredictor`, :class:`OpenVinoPredictor`, :class:`QualityGate`, :func:`fit_quality_gate`, :func:`export`,
-:func:`export_onnx`, :func:`export_torchscript`, :func:`quantize_int8`. See docs/deploy.md.
+:func:`load_predictor`, :class:`OnnxPredictor`, :class:`OpenVinoPredictor`, :class:`QualityGate`,
+:func:`fit_quality_gate`, :func:`export`, :func:`export_onnx`, :func:`export_torchscript`, :func:`quantize_int8`.
+See docs/deploy.md.
 """
 from __future__ import annotations
 

@@ -75,11 +75,12 @@ def synthetic_film_png(size: int = 1024, seed: int = 0) -> bytes:
 
 
 def start_server(bundle: Path, port: int, *, max_batch: int, max_wait_ms: float, backend: str,
-                 timeout_s: float, device: str = "cpu", start_timeout_s: float = 180.0) -> subprocess.Popen:
+                 timeout_s: float, device: str = "cpu", precision: str = "fp32",
+                 start_timeout_s: float = 180.0) -> subprocess.Popen:
     """`cxr serve` on 127.0.0.1 without auth (loopback only), waited for until ready."""
     cmd = [sys.executable, "-m", "cxrkit.cli", "serve", str(bundle), "--host", HOST, "--port", str(port),
            "--no-auth", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--backend", backend,
-           "--timeout-s", str(timeout_s), "--device", device, "--log-level", "warning"]
+           "--timeout-s", str(timeout_s), "--device", device, "--precision", precision, "--log-level", "warning"]
     env = {k: v for k, v in os.environ.items() if k != "CXR_API_KEY"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -145,14 +146,14 @@ def _batch_stats(metrics_text: str) -> dict[str, float]:
 
 def run_mode(bundle: Path, image: bytes, *, max_batch: int, max_wait_ms: float, concurrency: int,
              duration_s: float, max_requests: int, backend: str = "torch", device: str = "cpu",
-             warmup_s: float = 2.0) -> dict[str, Any]:
+             precision: str = "fp32", warmup_s: float = 2.0) -> dict[str, Any]:
     """One server, one load run; returns throughput, latency percentiles, batch sizes and RSS."""
     import httpx
 
     port = free_port(HOST)
     url = f"http://{HOST}:{port}"
     proc = start_server(bundle, port, max_batch=max_batch, max_wait_ms=max_wait_ms, backend=backend,
-                        timeout_s=max(30.0, duration_s), device=device)
+                        timeout_s=max(30.0, duration_s), device=device, precision=precision)
     try:
         rss_start = rss_bytes(proc.pid)
         if warmup_s > 0:  # first requests pay for allocator growth and thread start-up
@@ -171,7 +172,7 @@ def run_mode(bundle: Path, image: bytes, *, max_batch: int, max_wait_ms: float, 
     mb = 1024 * 1024
     return {
         "max_batch": max_batch, "max_wait_ms": max_wait_ms, "concurrency": concurrency, "backend": backend,
-        "device": device,
+        "device": device, "precision": precision,
         "duration_s": round(elapsed, 2), "requests": len(lat), "ok": ok,
         "errors": {str(k): v for k, v in statuses.items() if k != 200},
         "req_per_s": round(ok / elapsed, 2) if elapsed else 0.0,

@@ -94,6 +94,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_requests: int = typer.Option(1_000_000, min=1, help="stop a mode after this many requests"),
         backend: str = typer.Option("torch", help="torch, onnx or openvino"),
         device: str = typer.Option("cpu", help="cpu or cuda (the server's device)"),
+        precision: str = typer.Option("fp32", help="as for cxr serve --precision"),
         out: Optional[Path] = typer.Option(None, help="write the results JSON here (a .md table beside it)"),
     ) -> None:
         """Throughput, p50/p99 latency and server memory under sustained loopback load, micro-batching on vs off.
@@ -125,7 +126,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             console.print(f"[bold]{mode}[/]: max batch {mb}, {concurrency} clients, {duration:g} s ...")
             results.append(run_mode(bundle, payload, max_batch=mb, max_wait_ms=max_wait_ms, concurrency=concurrency,
                                     duration_s=duration, max_requests=max_requests, backend=backend,
-                                    device=device))
+                                    device=device, precision=precision))
         table = Table(title="cxr bench serve (loopback)")
         for col in ("mode", "req/s", "p50 ms", "p99 ms", "mean batch", "RSS max MB", "errors"):
             table.add_column(col)
