@@ -127,6 +127,9 @@ def test_serve_with_openvino_int8(exported, shared_data):
         ref = load_predictor(exported, "openvino", precision="int8").predict([read_image(img)])[0]
         got = {f["name"]: f["probability"] for f in r.json()["findings"]}
         assert max(abs(got[n] - p) for n, p in zip(NIH_FINDINGS, ref)) <= 1e-5
+        info = client.get("/v1/model", headers={"X-API-Key": "k" * 24}).json()
+        assert info["runtime"] == {"backend": "openvino", "precision": "int8", "device": "cpu",
+                                   "file": "model.int8.onnx"}
         heat = client.post("/v1/predict", params={"heatmap": "true"}, headers={"X-API-Key": "k" * 24},
                            files={"file": ("x.png", img.read_bytes(), "image/png")})
         assert heat.status_code == 400 and "torch backend" in heat.text

@@ -140,6 +140,7 @@ def test_model_endpoint(client):
     assert set(body["thresholds"]) == set(NIH_FINDINGS)
     assert body["input"]["size"] == 64 and body["architecture"] == "resnet10t"
     assert body["notice"] == RESEARCH_NOTICE and "created" in body["provenance"]
+    assert body["runtime"] == {"backend": "torch", "precision": "fp32", "device": "cpu"}
 
 
 def test_health_and_ready(client):

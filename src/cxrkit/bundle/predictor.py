@@ -28,6 +28,12 @@ class BasePredictor:
         self.input_size, self.preresize = int(inp["size"]), int(inp["preresize"])
         self.mean, self.std = float(inp["mean"]), float(inp["std"])
 
+    def runtime(self) -> dict[str, str]:
+        """What runs the network: backend, precision, device (``GET /v1/model`` reports it)."""
+        amp = getattr(self, "amp_dtype", None)
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+        return {"backend": "torch", "precision": precision, "device": str(getattr(self, "device", "cpu"))}
+
     def to_uint8_batch(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Bring images to the stored (preresize) geometry: B x 1 x P x P uint8."""
         out = np.empty((len(images), self.preresize, self.preresize), dtype=np.uint8)

@@ -108,6 +108,10 @@ class OnnxPredictor(GraphPredictor):
         self.onnx_path = onnx_path
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
 
+    def runtime(self) -> dict[str, str]:
+        precision = "int8" if self.onnx_path.name.endswith(".int8.onnx") else "fp32"
+        return {"backend": "onnx", "precision": precision, "device": self.device, "file": self.onnx_path.name}
+
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs for a normalised float batch: logits, embedding [, abnormal_logit]."""
         return dict(zip(self.output_names, self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})))

@@ -52,6 +52,9 @@ class OpenVinoPredictor(GraphPredictor):
         self._requests: dict[int, tuple] = {}
         self._lock = threading.Lock()  # infer requests are not re-entrant; the service may call from threads
 
+    def runtime(self) -> dict[str, str]:
+        return {"backend": "openvino", "precision": self.precision, "device": "cpu", "file": self.onnx_path.name}
+
     def _request(self, batch: int):
         """(infer request, output ports, output names) for a static batch size, compiled on first use."""
         if batch not in self._requests:

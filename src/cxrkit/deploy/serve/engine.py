@@ -191,6 +191,7 @@ class ModelService:
             "calibration": (cfg.get("calibration") or {}).get("method"),
             "quality_gate": (cfg.get("quality_gate") or {}).get("method"),
             "heatmaps": self.can_explain,
+            "runtime": self.predictor.runtime(),
             "provenance": {k: prov.get(k) for k in ("cxrkit_version", "created", "git_commit", "data_source",
                                                     "data_manifest_hash", "seed") if k in prov},
             "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if not isinstance(v, (dict, list))},

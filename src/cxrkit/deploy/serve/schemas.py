@@ -65,6 +65,7 @@ class ModelInfo(BaseModel):
     calibration: Optional[str] = None
     quality_gate: Optional[str] = None
     heatmaps: bool
+    runtime: Dict[str, str]
     provenance: Dict[str, Any]
     metrics: Dict[str, Any]
     service_version: str
