@@ -250,7 +250,7 @@ def cpu_report(bundle: str | Path, images: str | Path | None, workdir: str | Pat
     fp32_path, int8_path = workdir / "model.onnx", workdir / "model.int8.onnx"
     report: dict[str, Any] = {"bundle": str(bundle), "n_images": len(paths), "threads": torch.get_num_threads(),
                               "image_size": list(read_image(paths[0]).shape), "backends": {}}
-    if any(b.startswith("onnx") for b in backends) or cache:
+    if any(not b.startswith("torch") for b in backends) or cache:  # onnx and openvino run the exported file
         report["export"] = export_onnx(bundle, fp32_path)
     calib_source = "cache train split" if cache else "the benchmark images"
     if any(b.endswith("-int8") for b in backends) or cache:

@@ -2,8 +2,8 @@
 
 Why a second CPU runtime: DenseNet's pre-activation BatchNorm sits on every concatenated feature map, so in ONNX
 Runtime the static INT8 graph spends about as long de-quantising, normalising, re-quantising and transposing between
-the int8 convolutions as it saves inside them (measured on 2 cores: 1.15-1.3x over fp32 in most runs). OpenVINO
-fuses those per-channel steps into the quantised convolutions and runs the same ``model.int8.onnx`` 2.5-3x faster
+the int8 convolutions as it saves inside them (measured on 2 cores: 0.97-1.15x over fp32 this session). OpenVINO
+fuses those per-channel steps into the quantised convolutions and runs the same ``model.int8.onnx`` 2.2-2.7x faster
 than ONNX Runtime fp32 (docs/benchmarks.md). It can also run the fp32 graph in bf16 on CPUs with AMX/AVX512-BF16.
 
 OpenVINO is much slower on a dynamic batch axis, so each batch is padded to the next power of two (at most
