@@ -172,7 +172,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             _echo_json(bench.gpu_throughput(bundle, batch_size, precision=precision, compile=compile))
             return
         _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
-                                    backends=backends or bench.default_cpu_backends(), cache=cache))
+                                    backends=backends, cache=cache))
 
     # `cxr serve` / `cxr bench serve` are registered by cxrkit.deploy.serve.cli_serve (its own STAGE_CLIS entry).
     app.add_typer(gate_app, name="gate")

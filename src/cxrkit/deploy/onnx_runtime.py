@@ -140,7 +140,9 @@ def load_predictor(bundle: str | Path, backend: str = "torch", *, device: str = 
     if backend in ("onnx", "openvino"):
         if backend == "openvino" and device.startswith("cuda"):
             raise BackendError("the openvino backend runs on the CPU; use --backend torch or onnx for CUDA")
-        allowed = ("fp32", "int8", "bf16") if backend == "openvino" else ("fp32", "int8")
+        from cxrkit.deploy.openvino_runtime import PRECISION_HINTS  # no openvino import until a predictor is built
+
+        allowed = tuple(PRECISION_HINTS) if backend == "openvino" else ("fp32", "int8")
         if precision not in allowed:
             raise BackendError(f"the {backend} backend runs precision {' / '.join(allowed)}; got {precision!r}")
         if onnx_file is None and bundle.suffix == ".onnx":
