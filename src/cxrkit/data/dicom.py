@@ -346,5 +346,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-__all__ = ["decode_dicom", "decode_checked_bytes", "dicom_meta", "parse_age", "is_chest_radiograph_header",
-           "CHEST_MODALITIES", "LATERAL_VIEWS"]
+check_deflated_size = _check_deflated_size  # public: the DICOM node checks received datasets before parsing them
+
+__all__ = ["decode_dicom", "decode_checked_bytes", "check_deflated_size", "dicom_meta", "parse_age",
+           "is_chest_radiograph_header", "CHEST_MODALITIES", "LATERAL_VIEWS"]

@@ -90,7 +90,7 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     """Yield rows batch by batch, in input order (see :func:`predict_files`)."""
     from tqdm import tqdm
 
-    from cxrkit.deploy.quality import QualityGate, rule_reason
+    from cxrkit.deploy.quality import QualityGate, quality_verdicts
 
     paths = [Path(p) for p in paths]
     indices = list(range(len(paths))) if indices is None else list(indices)
@@ -119,15 +119,7 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                 metas = [d[1] for _, d in good]
                 out = predictor.predict_full(images, batch_size=batch_size)
                 pos = predictor.positives(out["probs"])
-                if gate is not None:
-                    verdicts = gate.check_batch(images, metas, out.get("embedding") if gate.method.endswith(
-                        "backbone") else None)
-                else:
-                    verdicts = []
-                    for im, meta in zip(images, metas):
-                        why = rule_reason(im, meta)
-                        verdicts.append({"ok": why is None, "score": None, "reason": why or
-                                         "basic checks passed; no fitted quality gate in the bundle (cxr gate fit)"})
+                verdicts = quality_verdicts(gate, images, metas, out)
                 for j, (k, (image, meta)) in enumerate(good):
                     row = rows[k]
                     row.update({

@@ -276,3 +276,19 @@ def fit_quality_gate(bundle_dir: str | Path, in_images: Sequence[np.ndarray], *,
     gate, info = fit_gate(in_images, method=method, target_fpr=target_fpr, seed=seed, predictor=predictor)
     gate.save(bundle_dir, fit_info=info)
     return gate
+
+
+def quality_verdicts(gate: "QualityGate | None", images: Sequence[np.ndarray], metas: Sequence[dict | None],
+                     outputs: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """One ``{"ok", "score", "reason"}`` per image: the fitted gate when there is one (reusing the embeddings
+    in ``outputs`` of the same batch for backbone gates), else the model-free rule checks, whose verdict says that
+    no gate was fitted. Batch predict, the service and the DICOM node all call this."""
+    if gate is not None:
+        emb = (outputs or {}).get("embedding") if gate.method.endswith("backbone") else None
+        return gate.check_batch(images, metas, emb)
+    verdicts = []
+    for image, meta in zip(images, metas):
+        why = rule_reason(image, meta)
+        verdicts.append({"ok": why is None, "score": None, "reason": why or
+                         "basic checks passed; the bundle has no fitted quality gate (cxr gate fit)"})
+    return verdicts

@@ -3,14 +3,13 @@ quality gate, draw heatmaps, describe the model."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from cxrkit import RESEARCH_NOTICE, __version__
+from cxrkit.bundle.identity import model_id, model_version  # noqa: F401 - re-exported for the service
 from cxrkit.data.decode import DecodeLimits, decode_bytes_with_meta, sniff_format
 from cxrkit.data.errors import CxrError, ImageError
 
@@ -26,30 +25,6 @@ class UnsupportedImage(ImageError):
 
 class RequestError(CxrError):
     """A request asked for something this model or backend cannot do (answered with 400)."""
-
-
-def model_id(predictor) -> str:
-    """A short content hash of the bundle (every config.json and safetensors file in it, ensemble members and the
-    quality gate included, plus the ONNX file when that backend runs): changes whenever the model does."""
-    h = hashlib.sha256()
-    path = getattr(predictor, "path", None)
-    files = []
-    if path is not None and Path(path).is_dir():
-        files = sorted(Path(path).rglob("config.json")) + sorted(Path(path).rglob("*.safetensors"))
-    onnx = getattr(predictor, "onnx_path", None)
-    if onnx is not None:
-        files.append(Path(onnx))
-    files = [f for f in files if f.is_file()]
-    if not files:  # an in-memory predictor: hash what defines it
-        import json
-
-        h.update(json.dumps(predictor.config, sort_keys=True, default=str).encode())
-    for f in files:
-        h.update(str(f.relative_to(path) if path is not None and f.is_relative_to(path) else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
 
 
 def decode_upload(data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict[str, Any]]:
@@ -110,21 +85,13 @@ class ModelService:
     # -- model thread ---------------------------------------------------------------------------
     def run_batch(self, items: Sequence[tuple[np.ndarray, dict]]) -> list[dict[str, Any]]:
         """Probabilities, abnormality and quality verdict for a batch of (image, meta) pairs."""
-        from cxrkit.deploy.quality import rule_reason
+        from cxrkit.deploy.quality import quality_verdicts
 
         start = time.perf_counter()
         images = [im for im, _ in items]
         metas = [m for _, m in items]
         out = self.predictor.predict_full(images, batch_size=max(1, len(images)))
-        if self.gate is not None:
-            emb = out.get("embedding") if self.gate.method.endswith("backbone") else None
-            verdicts = self.gate.check_batch(images, metas, emb)
-        else:
-            verdicts = []
-            for im, meta in zip(images, metas):
-                why = rule_reason(im, meta)
-                verdicts.append({"ok": why is None, "score": None, "reason": why or "basic checks passed; the "
-                                 "bundle has no fitted quality gate (cxr gate fit)"})
+        verdicts = quality_verdicts(self.gate, images, metas, out)
         if self.metrics is not None:
             self.metrics.inference.observe(time.perf_counter() - start)
         return [{"probs": out["probs"][j], "abnormality": float(out["abnormality"][j]), "quality": verdicts[j]}
@@ -198,9 +165,3 @@ class ModelService:
             "service_version": __version__,
             "notice": RESEARCH_NOTICE,
         }
-
-
-def model_version(config: dict) -> str:
-    """A human-readable model version: the bundle's own ``version`` if set, else its creation time."""
-    prov = config.get("provenance") or {}
-    return str(config.get("version") or prov.get("created") or "unversioned")
