@@ -1,0 +1,212 @@
+"""The DICOM node against real peers: dcmtk's echoscu/storescu as the modality, storescp as the PACS (results
+checked with dsrdump and highdicom), on 127.0.0.1. The Orthanc round trip and kill -9 are in test_dicom_pacs.py."""
+from __future__ import annotations
+
+import logging
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dicom_peers import (
+    NOT_CHEST, REAL_FILM, StoreSCP, echoscu, free_port, make_film, need_dcmtk, read_objects, storescu,
+)
+
+pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34")
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def node_bundle(make_tiny_bundle, folder: Path) -> Path:
+    """A tiny random-weight bundle whose Pneumothorax threshold is 0 (always positive: urgent, with a heatmap)
+    and every other threshold above 1 (never positive), so the expected SR content is known."""
+    from cxrkit.bundle.format import read_bundle_config, write_bundle_config
+
+    bundle = make_tiny_bundle(folder)
+    cfg = read_bundle_config(bundle)
+    cfg["thresholds"] = {n: (0.0 if n == "Pneumothorax" else 1.01) for n in cfg["label_names"]}
+    write_bundle_config(bundle, cfg)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(make_tiny_bundle, tmp_path_factory):
+    return node_bundle(make_tiny_bundle, tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+@pytest.fixture()
+def pacs(tmp_path):
+    need_dcmtk()
+    scp = StoreSCP(tmp_path / "pacs").start()
+    yield scp
+    scp.stop()
+
+
+def start_node(bundle, tmp_path, destinations, **overrides):
+    from cxrkit.deploy.dicom.config import build_config
+    from cxrkit.deploy.dicom.node import Node
+
+    cfg = build_config(port=free_port(), spool=tmp_path / "spool", destinations=destinations,
+                       settle_seconds=overrides.pop("settle_seconds", 0.3), **overrides)
+    return Node(bundle, cfg).start()
+
+
+@pytest.fixture()
+def node(bundle, tmp_path, pacs):
+    n = start_node(bundle, tmp_path, [f"PACS@127.0.0.1:{pacs.port}"])
+    yield n
+    n.stop()
+
+
+def _study(tmp_path, shared_data, name, n=1, **kw):
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    return study, [make_film(shared_data / REAL_FILM, tmp_path / "films" / f"{name}_{k}.dcm", study_uid=study, **kw)
+                   for k in range(n)]
+
+
+def test_echo_and_single_film_round_trip(node, pacs, tmp_path, shared_data, caplog):
+    import highdicom as hd
+    import pydicom
+
+    caplog.set_level(logging.INFO, logger="cxrkit.node")
+    assert echoscu(node.port).returncode == 0
+    src = pydicom.dcmread(shared_data / REAL_FILM)
+    study, files = _study(tmp_path, shared_data, "one")
+    sent = storescu(node.port, *files)
+    assert sent.returncode == 0, sent.stderr
+    objs = read_objects(pacs.wait_for(2))  # SR + SC
+    srs = [o for o in objs if o.SOPClassUID in SR_CLASSES]
+    scs = [o for o in objs if o.SOPClassUID == SC_CLASS]
+    assert len(srs) == 1 and len(scs) == 1
+    for o in objs:  # back into the same study, new series, patient context copied
+        assert o.StudyInstanceUID == study and o.PatientID == src.PatientID
+        assert o.SeriesInstanceUID != pydicom.dcmread(files[0]).SeriesInstanceUID
+        assert o.Manufacturer == "cxrkit"
+    assert scs[0].BurnedInAnnotation == "YES"
+    sr_file = [f for f in pacs.files() if pydicom.dcmread(f).SOPClassUID in SR_CLASSES][0]
+    dump = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, timeout=30)
+    assert dump.returncode == 0 and "error" not in (dump.stdout + dump.stderr).lower(), dump.stderr
+    assert "Pneumothorax" in dump.stdout and "Research use only" in dump.stdout
+    report = hd.sr.srread(sr_file)
+    assert report.StudyInstanceUID == study
+    # worklist: one urgent entry (Pneumothorax threshold 0), a film image and a heatmap image
+    from cxrkit.deploy.dicom.worklist import entry_image, read_worklist
+
+    entries = read_worklist(node.spool.root)
+    assert len(entries) == 1 and entries[0]["priority_label"] == "urgent"
+    film = entries[0]["films"][0]
+    assert set(film["images"]) == {"film", "Pneumothorax"}
+    assert entry_image(node.spool.root, entries[0]["entry_id"], film["images"]["Pneumothorax"]).is_file()
+    pneumo = [f for f in film["findings"] if f["name"] == "Pneumothorax"][0]
+    assert pneumo["positive"] and pneumo["boxes"], "a positive finding with a heatmap gets a box"
+    # privacy: spool 0700, no patient or study identifiers in the node's log
+    assert stat.S_IMODE(node.spool.root.stat().st_mode) == 0o700
+    text = caplog.text
+    assert text and src.PatientID not in text and study not in text and str(src.PatientName) not in text
+
+
+def test_transfer_syntaxes_lateral_and_non_chest_in_one_study(node, pacs, tmp_path, shared_data):
+    import pydicom
+    from pydicom import uid
+
+    from cxrkit.deploy.dicom.sop import image_transfer_syntaxes
+
+    study = uid.generate_uid()
+    syntaxes = [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
+                uid.RLELossless, uid.JPEG2000Lossless, uid.JPEGLSLossless, uid.JPEGLosslessSV1, uid.JPEGBaseline8Bit]
+    assert {str(s) for s in syntaxes} <= set(image_transfer_syntaxes())
+    films = [make_film(shared_data / REAL_FILM, tmp_path / "films" / f"ts{k}.dcm", study_uid=study,
+                       syntax=str(ts), size=None if ts == uid.JPEGBaseline8Bit else 256)
+             for k, ts in enumerate(syntaxes)]
+    lateral = make_film(shared_data / REAL_FILM, tmp_path / "films" / "lat.dcm", study_uid=study, view="LL", size=256)
+    other = make_film(shared_data / NOT_CHEST, tmp_path / "films" / "abd.dcm", study_uid=study, modality="OT",
+                      body="ABDOMEN", view="AP", size=None)
+    for f in films + [lateral, other]:  # one association per file, each in its own transfer syntax
+        sent = storescu(node.port, f, extra=("-xs",) if "DEFLATE" in str(pydicom.dcmread(f).file_meta
+                                                                           .TransferSyntaxUID.name).upper() else ())
+        assert sent.returncode == 0, (f, sent.stderr)
+    objs = read_objects(pacs.wait_for(1 + len(films)))
+    srs = [o for o in objs if o.SOPClassUID in SR_CLASSES]
+    assert len(srs) == 1, "one study, one SR"
+    assert len([o for o in objs if o.SOPClassUID == SC_CLASS]) == len(films)
+    from cxrkit.deploy.dicom.worklist import read_worklist
+
+    entry = read_worklist(node.spool.root)[0]
+    assert len(entry["films"]) == len(films)
+    reasons = " ".join(s["reason"] for s in entry["skipped"])
+    assert "lateral" in reasons and "OT" in reasons
+
+
+def test_duplicate_instance_stored_and_processed_once(node, pacs, tmp_path, shared_data):
+    study, files = _study(tmp_path, shared_data, "dup")
+    assert storescu(node.port, files[0]).returncode == 0
+    assert storescu(node.port, files[0]).returncode == 0
+    pacs.wait_for(2)
+    time.sleep(1.5)  # a second (wrong) processing would have delivered by now
+    assert pacs.store_requests() == 2
+    counts = node.spool.conn().execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    assert counts == 1
+
+
+def test_unsupported_sop_class_refused_and_node_stays_up(node, tmp_path, shared_data):
+    study, files = _study(tmp_path, shared_data, "ct", sop_class="1.2.840.10008.5.1.4.1.1.2", size=64)  # CT Image
+    sent = storescu(node.port, *files)
+    assert sent.returncode != 0  # no presentation context accepted for CT
+    assert echoscu(node.port).returncode == 0
+
+
+def test_calling_aet_allow_list(bundle, tmp_path, pacs, shared_data):
+    n = start_node(bundle, tmp_path, [f"PACS@127.0.0.1:{pacs.port}"], allowed_calling_aets=("MODALITY",))
+    try:
+        assert echoscu(n.port, aet="STRANGER").returncode != 0
+        assert echoscu(n.port, aet="MODALITY").returncode == 0
+    finally:
+        n.stop()
+
+
+def test_failed_delivery_dead_letter_then_retry(bundle, tmp_path, shared_data):
+    need_dcmtk()
+    port = free_port()  # nothing listens there yet
+    n = start_node(bundle, tmp_path, [f"PACS@127.0.0.1:{port}"], max_attempts=2, retry_base_seconds=0.1,
+                   acse_timeout=2.0, network_timeout=2.0)
+    try:
+        study, files = _study(tmp_path, shared_data, "dead")
+        assert storescu(n.port, *files).returncode == 0
+        end = time.time() + 30
+        while time.time() < end and not list((n.spool.root / "dead-letter").glob("*/*.dcm")):
+            time.sleep(0.1)
+        dead = list((n.spool.root / "dead-letter").glob("*/*.dcm"))
+        assert len(dead) == 2  # SR + SC
+    finally:
+        n.stop()
+    scp = StoreSCP(tmp_path / "late-pacs", port=port).start()
+    try:
+        from dicom_peers import CXR
+
+        out = subprocess.run([str(CXR), "node", "retry", str(tmp_path / "spool")], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "2 result(s) moved" in out.stdout
+        scp.wait_for(2)
+    finally:
+        scp.stop()
+    assert not list((tmp_path / "spool" / "dead-letter").glob("*/*.dcm"))
+
+
+def test_bad_config_is_a_short_error(bundle, tmp_path):
+    from dicom_peers import CXR
+
+    bad = tmp_path / "node.toml"
+    bad.write_text('[node]\nport = "eleven"\n')
+    out = subprocess.run([str(CXR), "node", str(bundle), "--config", str(bad)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "port" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([str(CXR), "node", str(bundle.parent), "--spool", str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "did you mean" in out.stderr
