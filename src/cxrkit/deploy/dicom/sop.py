@@ -33,7 +33,7 @@ COMPRESSED = [uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid
 def image_transfer_syntaxes() -> list[str]:
     """Every transfer syntax whose pixel data this installation can decode (a codec plugin missing -> left out,
     so a sender transcodes instead of sending what we could not read)."""
-    from pydicom.pixels.utils import get_decoder
+    from pydicom.pixels import get_decoder
 
     usable = list(UNCOMPRESSED)
     for ts in COMPRESSED:

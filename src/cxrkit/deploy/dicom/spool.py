@@ -106,9 +106,9 @@ class Spool:
         self.root = Path(root)
         self._local = threading.local()
         self._make_dirs()
-        with self.transaction() as conn:
-            conn.executescript(SCHEMA)
-            worklist.create_schema(conn)
+        conn = self.conn()  # executescript commits by itself: no explicit transaction around it
+        conn.executescript(SCHEMA)
+        worklist.create_schema(conn)
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _make_dirs(self) -> None:
