@@ -314,3 +314,15 @@ def test_sc_legend_says_what_the_picture_shows():
     assert "Quality gate: ok" in plain and not any("SYNTHETIC" in line for line in plain)
     lines = wrap(["Negative: " + ", ".join(f"Finding{i} 0.{i}" for i in range(40))], 300)
     assert len(lines) > 3 and all(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)[0][0] <= 292 for t in lines)
+
+
+def test_sr_regions_skip_empty_boxes_and_tracking_uids_are_unique():
+    src = make_dx()
+    film = make_film(src)
+    film.findings[0] = FindingResult("Pneumothorax", 0.91, 0.5, True, (BOX, (500.0, 500.0, 10.0, 10.0)))
+    film.findings.append(FindingResult("Pneumothorax", 0.2, 0.5, False))  # a repeated label stays distinct
+    sr = build_sr(make_study([film], [src]), [src], ALGO, series_instance_uid=generate_uid(),
+                  sop_instance_uid=generate_uid())
+    uids = [i.UID for i in content_items(sr) if i.ValueType == "UIDREF"
+            and i.ConceptNameCodeSequence[0].CodeValue == "112040"]
+    assert len(uids) == 1 + 4 + 1 and len(set(uids)) == len(uids)  # film, 4 findings, 1 region (outside box gone)
