@@ -326,3 +326,18 @@ def test_sr_regions_skip_empty_boxes_and_tracking_uids_are_unique():
     uids = [i.UID for i in content_items(sr) if i.ValueType == "UIDREF"
             and i.ConceptNameCodeSequence[0].CodeValue == "112040"]
     assert len(uids) == 1 + 4 + 1 and len(set(uids)) == len(uids)  # film, 4 findings, 1 region (outside box gone)
+
+
+def test_sc_boxes_follow_the_source_geometry_when_the_image_was_read_smaller():
+    from cxrkit.deploy.dicom.sc import render
+
+    src = make_dx(rows=600, cols=600)
+    film = make_film(src, np.full((300, 300), 90, np.uint8))  # read at half size; boxes stay in source pixels
+    film.heatmaps = {}
+    rgb = render(film, ALGO, (600, 600))
+    assert rgb.shape[1] == 512  # 300 px scaled up to MIN_SIDE
+    band = rgb.shape[0] - 512
+    f = 512 / 600
+    top, col = band + round(BOX[1] * f), 75  # column 75 lies on both the right and a wrongly scaled box
+    assert (rgb[top, col] == 255).all()  # the box's top edge, at the source box scaled to the display
+    assert (rgb[band + round(BOX[1] * 512 / 300), col] == 90).all()  # not where image-pixel boxes would put it
