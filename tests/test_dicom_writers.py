@@ -213,9 +213,12 @@ def test_sr_round_trips_into_the_same_study_and_highdicom_reads_it_back(tmp_path
 
 def test_sr_passes_dsrdump(tmp_path):
     src = make_dx()
-    path = write_sr(make_study([make_film(src)], [src]), [src], tmp_path)
+    # a private code value over 16 characters goes into LongCodeValue
+    film = make_film(src, names=("Pneumothorax", "Pleural_Thickening", "Enlarged Cardiomediastinum"))
+    path = write_sr(make_study([film], [src]), [src], tmp_path)
     dump = assert_dsrdump_clean(path)
     assert "TID 1500" in dump and "Research use notice" in dump and "99CXRKIT" in dump
+    assert "Enlarged Cardiomediastinum" in dump
 
 
 def test_sr_of_the_real_cr_film_passes_dsrdump(tmp_path, shared_data):
