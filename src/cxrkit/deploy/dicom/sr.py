@@ -237,4 +237,4 @@ def build_sr(study: StudyResult, sources: Sequence[pydicom.Dataset], algorithm: 
         manufacturer=MANUFACTURER, manufacturer_model_name=algorithm.name, software_versions=algorithm.version,
         # machine output, nobody has reviewed it: complete but preliminary and unverified
         is_complete=True, is_final=False, is_verified=False,
-        series_description="cxrkit results (research use only)"[:64], coding_schemes=coding_schemes())
+        series_description="cxrkit results (research use only)", coding_schemes=coding_schemes())
