@@ -42,7 +42,9 @@ def _clean(text: str) -> str:
 FINDING_CODES: dict[str, Code] = {
     # NIH ChestX-ray14
     "Atelectasis": private("Atelectasis"),  # only "Plate-like atelectasis" (SCT 40779009) is in PS3.16: narrower
-    "Cardiomegaly": _sct.Cardiomegaly,  # CID 12248 / 12249 (SNOMED-RT D3-10008)
+    # PS3.16 (pydicom) gives SCT 287272002 two meanings: "Cardiomegaly" (CID 12248/12249) and "Enlarged septal
+    # foramen of heart (disorder)"; unverifiable here, so private until someone checks a SNOMED CT release
+    "Cardiomegaly": private("Cardiomegaly"),
     "Effusion": _sct.PleuralEffusion,  # CID 645 / 8134; NIH "Effusion" is pleural effusion
     "Infiltration": _dcm.Infiltrate,  # CID 6102 / 6104 (chest CAD findings)
     "Mass": _sct.Mass,  # CID 6102 / 6104

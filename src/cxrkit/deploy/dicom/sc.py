@@ -84,15 +84,18 @@ def legend(film: FilmResult, algorithm: AlgorithmInfo) -> list[str]:
     return lines
 
 
-def render(film: FilmResult, algorithm: AlgorithmInfo) -> np.ndarray:
+def render(film: FilmResult, algorithm: AlgorithmInfo, source_shape: tuple[int, int] | None = None) -> np.ndarray:
     """The SC's RGB picture: film (scaled into [MIN_SIDE, MAX_SIDE]), combined heatmap of the positive findings,
-    their boxes with names, and the legend band on top."""
+    their boxes with names, and the legend band on top. Boxes are in source pixels (``source_shape`` = Rows,
+    Columns; default: the film image's own shape)."""
     image = np.asarray(film.image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ResultWriterError(f"film {film.sop_instance_uid}: image must be uint8 H x W grey, got "
                                 f"{image.dtype} {image.shape}")
-    display, f = fit_display(image, MAX_SIDE, MIN_SIDE)
+    display, _ = fit_display(image, MAX_SIDE, MIN_SIDE)
     h, w = display.shape
+    src_rows, src_cols = source_shape or image.shape
+    fx, fy = w / src_cols, h / src_rows
     positives = film.positive_findings
     maps = [np.asarray(film.heatmaps[p.name], dtype=np.float32) for p in positives if p.name in film.heatmaps]
     if maps:
@@ -109,7 +112,7 @@ def render(film: FilmResult, algorithm: AlgorithmInfo) -> np.ndarray:
     thickness = max(1, round(max(h, w) / 512))
     scale = _caption_scale(w) * 0.7
     for p in positives:
-        boxes = [tuple(v * f for v in b[:4]) for b in p.boxes]
+        boxes = [(b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy) for b in p.boxes]
         rgb = draw_boxes(rgb, boxes, BOX_COLOUR, thickness)
         for x, y, _, _ in boxes:
             org = (int(round(x)) + 2, max(int(round(y)) - 4, int(18 * scale)))
@@ -124,7 +127,7 @@ def build_sc(film: FilmResult, source: pydicom.Dataset, algorithm: AlgorithmInfo
     if str(source.SOPInstanceUID) != film.sop_instance_uid:
         raise ResultWriterError(f"film {film.sop_instance_uid} was given the source {source.SOPInstanceUID}: pass "
                                 "the dataset the film was read from")
-    rgb = np.ascontiguousarray(render(film, algorithm))
+    rgb = np.ascontiguousarray(render(film, algorithm, (int(source.Rows), int(source.Columns))))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", patient_orientation=_orientation(source),

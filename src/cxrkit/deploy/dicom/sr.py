@@ -103,10 +103,11 @@ def box_polyline(box: Sequence[float], rows: int, columns: int) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
 
 
-def _finding_group(root_uid: str, label: str, f: FindingResult, src_image, algo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _finding_group(root_uid: str, label: str, key: tuple[str, ...], f: FindingResult, src_image,
+                   algo) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     code = codes.finding_code(f.name)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(root_uid, label),
+        tracking_identifier=_tracking(root_uid, label, *key),
         finding_type=code,
         algorithm_id=algo,
         source_images=[src_image],
@@ -120,17 +121,20 @@ def _finding_group(root_uid: str, label: str, f: FindingResult, src_image, algo)
     )
 
 
-def _region_groups(root_uid: str, label: str, f: FindingResult, src: pydicom.Dataset, algo) -> list:
+def _region_groups(root_uid: str, label: str, key: tuple[str, ...], f: FindingResult, src: pydicom.Dataset,
+                   algo) -> list:
     code = codes.finding_code(f.name)
     rows, columns = int(src.Rows), int(src.Columns)
     out = []
-    for k, box in enumerate(f.boxes, 1):
+    boxes = [box_polyline(b, rows, columns) for b in f.boxes]
+    boxes = [p for p in boxes if p[2, 0] > p[0, 0] and p[2, 1] > p[0, 1]]  # empty once clipped: no region
+    for k, poly in enumerate(boxes, 1):
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_polyline(box, rows, columns),
+            graphic_data=poly,
             source_image=hd.sr.SourceImageForRegion.from_source_image(src))
         out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(root_uid, f"{label} region {k}"),
+            tracking_identifier=_tracking(root_uid, f"{label} region {k}", *key),
             referenced_region=region,
             finding_type=code,
             algorithm_id=algo,
@@ -159,11 +163,11 @@ def _film_groups(root_uid: str, n: int, film: FilmResult, src: pydicom.Dataset, 
         texts.append(_text(codes.HEATMAP_METHOD, film.heatmap_method))
     _append(film_group, texts)
     groups: list = [film_group]
-    for f in film.findings:
-        flabel = f"{label} {f.name}"
-        groups.append(_finding_group(root_uid, flabel, f, src_image, algo))
+    for j, f in enumerate(film.findings):
+        flabel, key = f"{label} {f.name}", (film.sop_instance_uid, str(j))  # key: unique even for repeated names
+        groups.append(_finding_group(root_uid, flabel, key, f, src_image, algo))
         if f.positive:
-            groups.extend(_region_groups(root_uid, flabel, f, src, algo))
+            groups.extend(_region_groups(root_uid, flabel, key, f, src, algo))
     return groups
 
 
@@ -233,4 +237,4 @@ def build_sr(study: StudyResult, sources: Sequence[pydicom.Dataset], algorithm: 
         manufacturer=MANUFACTURER, manufacturer_model_name=algorithm.name, software_versions=algorithm.version,
         # machine output, nobody has reviewed it: complete but preliminary and unverified
         is_complete=True, is_final=False, is_verified=False,
-        series_description="cxrkit results (research use only)"[:64], coding_schemes=coding_schemes())
+        series_description="cxrkit results (research use only)", coding_schemes=coding_schemes())
