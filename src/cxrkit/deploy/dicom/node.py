@@ -104,11 +104,17 @@ class Node:
         self.spool.close()
 
     def _process(self, study_uid: str) -> None:
+        from cxrkit.data.errors import CxrError
+
         try:
             entry = self.processor.process_study(study_uid)
         except Exception as exc:  # noqa: BLE001 - a bug on one study must not stop the node or loop forever
-            log.exception("study %s: processing failed; its instances are set aside (state 'failed')",
-                          uid_key(study_uid))
+            if isinstance(exc, CxrError):
+                log.warning("study %s: no results (%s); its instances are set aside (state 'failed')",
+                            uid_key(study_uid), exc)
+            else:
+                log.exception("study %s: processing failed; its instances are set aside (state 'failed')",
+                              uid_key(study_uid))
             with self.spool.transaction() as conn:
                 conn.execute("UPDATE instances SET state = 'failed', reason = ? WHERE study_uid = ? AND "
                              "state = 'received'", (f"processing failed: {type(exc).__name__}", study_uid))

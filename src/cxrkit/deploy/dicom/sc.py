@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxrkit import RESEARCH_NOTICE
 from cxrkit.deploy.dicom.results import AlgorithmInfo, FilmResult
-from cxrkit.deploy.dicom.sr import MANUFACTURER, ResultWriterError
+from cxrkit.deploy.dicom.sr import MANUFACTURER, ResultWriterError, complete_type2
 from cxrkit.explain.overlay import BOX_COLOUR, add_caption, draw_boxes, fit_display, overlay
 
 # Films are stored at up to 3k px; an RGB copy that size is ~27 MB per film for a picture meant for a glance, so
@@ -127,6 +127,7 @@ def build_sc(film: FilmResult, source: pydicom.Dataset, algorithm: AlgorithmInfo
     if str(source.SOPInstanceUID) != film.sop_instance_uid:
         raise ResultWriterError(f"film {film.sop_instance_uid} was given the source {source.SOPInstanceUID}: pass "
                                 "the dataset the film was read from")
+    complete_type2(source)
     rgb = np.ascontiguousarray(render(film, algorithm, (int(source.Rows), int(source.Columns))))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,

@@ -109,7 +109,6 @@ def _finding_group(root_uid: str, label: str, key: tuple[str, ...], f: FindingRe
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(root_uid, label, *key),
         finding_type=code,
-        algorithm_id=algo,
         source_images=[src_image],
         measurements=[
             hd.sr.Measurement(name=codes.PROBABILITY, value=_finite(f.probability, f"{label} probability"),
@@ -203,6 +202,20 @@ def _image_library(evidence: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]
     return list(evidence)
 
 
+# Type 2 patient/study attributes (PS3.3 C.7.1.1, C.7.2.1): present but possibly empty. Modalities omit some of
+# them; highdicom reads them from the evidence, so a missing one is added empty rather than refused.
+TYPE2_CONTEXT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def complete_type2(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Add the missing type 2 patient/study attributes to a received dataset, empty (in memory only)."""
+    for keyword in TYPE2_CONTEXT:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def build_sr(study: StudyResult, sources: Sequence[pydicom.Dataset], algorithm: AlgorithmInfo, *,
              series_instance_uid: str, sop_instance_uid: str, series_number: int = 990, instance_number: int = 1,
              urgent: Sequence[str] = ("Pneumothorax",)) -> pydicom.Dataset:
@@ -216,7 +229,7 @@ def build_sr(study: StudyResult, sources: Sequence[pydicom.Dataset], algorithm: 
     if not study.films:
         raise ResultWriterError(f"study {study.study_instance_uid}: no film was read, so there is nothing to "
                                 "report (write the worklist entry only)")
-    by_uid = sources_by_uid(study.films, sources, study.study_instance_uid)
+    by_uid = sources_by_uid(study.films, [complete_type2(ds) for ds in sources], study.study_instance_uid)
     algo = algorithm_identification(algorithm)
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=["cxrkit device", algorithm.name, algorithm.model_id]),
