@@ -399,8 +399,9 @@ def test_browser_worklist(server, tmp_path):
         assert [r.get_attribute("data-entry-id") for r in rows] == [e["entry_id"] for e in api]
         cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
         assert [c[1] for c in cells] == EXPECTED_ORDER
-        assert [c[0].split()[0].lower() for c in cells] == EXPECTED_LABELS
-        assert cells[0][4].startswith("Pneumothorax 0.91")
+        assert [r.find_element(By.CSS_SELECTOR, "span.prio").text.lower() for r in rows] == EXPECTED_LABELS
+        assert cells[0][4] == "Pneumothorax 0.91, Effusion 0.66"
+        assert cells[2][4] == "Pneumothorax 0.80 (failed film), Mass 0.70 (failed film)"  # untrusted scores marked
         assert "FAILED" in cells[2][5] and all("passed" in c[5] for i, c in enumerate(cells) if i != 2)
         assert "dead letter" in cells[3][6]
         assert driver.find_element(By.ID, "wl-synthetic").is_displayed()
@@ -422,6 +423,7 @@ def test_browser_worklist(server, tmp_path):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#wl-films article")) == 2)
         assert "FAILED" in driver.find_element(By.ID, "wl-detail-quality").text
         assert "FAILED" in driver.find_elements(By.CSS_SELECTOR, "#wl-films article")[1].text
+        driver.save_screenshot(str(tmp_path / "worklist_check_study.png"))
         driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")[0].click()
         wait.until(lambda d: d.execute_script(
             "const o = document.querySelector('#wl-films img.wl-overlay');"
@@ -430,6 +432,7 @@ def test_browser_worklist(server, tmp_path):
         driver.find_element(By.ID, "wl-refresh").click()
         wait.until(lambda d: d.find_element(By.ID, "wl-refresh").is_enabled())
         assert driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")[0].get_attribute("aria-selected") == "true"
+        driver.execute_script("window.scrollTo(0, 0)")
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, min(max(height + 120, 1000), 4000))
         shot = tmp_path / "worklist_page.png"

@@ -56,21 +56,27 @@
       p(d.getMinutes()) + ":" + p(d.getSeconds());
   }
 
+  // Positive findings of a study, most probable first; a finding seen only on films that failed the quality gate
+  // is marked so (the model's scores on such films are not trusted).
   function positives(entry) {
     const best = new Map();
     for (const film of entry.films) {
       for (const f of film.findings) {
-        if (f.positive && (!best.has(f.name) || best.get(f.name) < f.probability)) best.set(f.name, f.probability);
+        if (!f.positive) continue;
+        const had = best.get(f.name);
+        const trusted = Boolean(film.quality_ok) || Boolean(had && had.trusted);
+        best.set(f.name, { p: had ? Math.max(had.p, f.probability) : f.probability, trusted: trusted });
       }
     }
-    return [...best.entries()].sort((a, b) => b[1] - a[1]);
+    return [...best.entries()].sort((a, b) => b[1].p - a[1].p)
+      .map(([name, v]) => name + " " + v.p.toFixed(2) + (v.trusted ? "" : " (failed film)"));
   }
 
   function delivery(d) {
     if (d.dead > 0) return { text: d.dead + " failed (dead letter)", cls: "bad" };
     if (d.pending > 0) return { text: d.pending + " pending" + (d.sent ? ", " + d.sent + " sent" : ""), cls: "wait" };
     if (d.sent > 0) return { text: d.sent + " sent", cls: "ok" };
-    return { text: "-", cls: "" };
+    return { text: "not queued", cls: "muted" };
   }
 
   function el(tag, text, cls) {
@@ -126,7 +132,9 @@
 
     const tbody = $("worklist").querySelector("tbody");
     tbody.replaceChildren();
-    for (const entry of page.entries) tbody.append(row(entry));
+    // Per-row "synthetic" tags only when the page mixes models; the banner above says it for a uniform page.
+    const mixed = page.entries.some((e) => !e.synthetic_model);
+    for (const entry of page.entries) tbody.append(row(entry, mixed));
     $("worklist").hidden = page.entries.length === 0;
 
     const still = page.entries.find((e) => e.entry_id === state.selected);
@@ -137,7 +145,7 @@
     }
   }
 
-  function row(entry) {
+  function row(entry, mixed) {
     const tr = el("tr", null, "wl-row prio-row-" + entry.priority_label);
     tr.dataset.entryId = entry.entry_id;
     tr.dataset.priority = String(entry.priority);
@@ -145,10 +153,9 @@
     tr.setAttribute("aria-selected", String(entry.entry_id === state.selected));
     const prio = el("td");
     prio.append(priorityChip(entry));
-    if (entry.synthetic_model) prio.append(el("span", "synthetic", "tag-synthetic"));
+    if (entry.synthetic_model && mixed) prio.append(el("span", "synthetic", "tag-synthetic"));
     const pos = positives(entry);
-    const findings = el("td", pos.length ? pos.map(([n, p]) => n + " " + p.toFixed(2)).join(", ") : "none",
-      pos.length ? "" : "muted");
+    const findings = el("td", pos.length ? pos.join(", ") : "none", pos.length ? "" : "muted");
     const quality = entry.quality_ok ? el("td", "passed", "ok") :
       el("td", "FAILED: human read", "bad");
     const d = delivery(entry.delivery);
