@@ -23,6 +23,7 @@ from cxrkit.deploy.serve.schemas import ErrorResponse
 
 log = logging.getLogger("cxrkit.serve")
 MAX_PAGE = 1000
+MAX_OFFSET = 2**31 - 1  # SQLite integers are 64-bit: an unbounded offset would be a 500
 NOT_ENABLED = ("this server was started without a worklist; start it with `cxr serve BUNDLE --worklist SPOOL` "
                "(SPOOL: the --spool folder of the `cxr node`), or create_app(..., worklist_spool=SPOOL)")
 _ERR = {"model": ErrorResponse}
@@ -129,7 +130,7 @@ def add_worklist_routes(app: FastAPI) -> None:
     @app.get("/v1/worklist", response_model=WorklistPage, responses=WORKLIST_ERRORS,
              dependencies=[Security(require_key)], tags=["worklist"])
     def worklist(request: Request, limit: int = Query(100, ge=1, le=MAX_PAGE, description="entries per page"),
-                 offset: int = Query(0, ge=0, description="entries to skip")) -> dict[str, Any]:
+                 offset: int = Query(0, ge=0, le=MAX_OFFSET, description="entries to skip")) -> dict[str, Any]:
         """The node's triaged worklist, most urgent first, with the priority rules and the research-use notice."""
         spool = _spool(request)
         entries = _read(wl.read_worklist, spool, limit=limit, offset=offset)
