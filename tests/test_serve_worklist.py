@@ -318,6 +318,22 @@ def test_spool_without_node_database_is_503_then_serves(predictor, tmp_path, sha
     assert [e["accession_number"] for e in c.get("/v1/worklist", headers=AUTH).json()["entries"]] == EXPECTED_ORDER
 
 
+def test_locked_database_is_503_not_500(predictor, tmp_path, shared_data):
+    """A node holding a write lock past the reader's 5 s busy timeout (rollback-journal mode) is a retryable 503."""
+    from fastapi.testclient import TestClient
+
+    spool = build_spool(tmp_path, shared_data)
+    c = TestClient(create_app(predictor, api_key=KEY, worklist_spool=spool, warm_up=False))
+    writer = sqlite3.connect(spool / wl.DB_NAME, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        _assert_error(c.get("/v1/worklist", headers=AUTH), 503, "busy", "retry")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert c.get("/v1/worklist", headers=AUTH).status_code == 200
+
+
 def test_cli_worklist_folder_must_exist(tmp_path, make_tiny_bundle):
     from typer.testing import CliRunner
 

@@ -120,9 +120,11 @@ def _query(conn: sqlite3.Connection, spool: str | Path, sql: str, params: Sequen
     try:
         return conn.execute(sql, params).fetchall()
     except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise
-        raise WorklistUnavailable(f"{spool}: the node database has no worklist yet ({exc})") from None
+        if "no such table" in str(exc):
+            raise WorklistUnavailable(f"{spool}: the node database has no worklist yet ({exc})") from None
+        if "locked" in str(exc) or "busy" in str(exc):  # a long write of the node (rollback-journal mode)
+            raise WorklistUnavailable(f"{spool}: the node database is busy ({exc}); retry in a moment") from None
+        raise
 
 
 def _delivery_counts(conn: sqlite3.Connection, entry_ids: Sequence[str]) -> dict[str, dict[str, int]]:
