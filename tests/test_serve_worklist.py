@@ -327,7 +327,9 @@ def test_locked_database_is_503_not_500(predictor, tmp_path, shared_data):
     writer = sqlite3.connect(spool / wl.DB_NAME, isolation_level=None)
     try:
         writer.execute("BEGIN EXCLUSIVE")
-        _assert_error(c.get("/v1/worklist", headers=AUTH), 503, "busy", "retry")
+        r = c.get("/v1/worklist", headers=AUTH)
+        _assert_error(r, 503, "busy", "retry")
+        assert r.headers["retry-after"] == "5"
     finally:
         writer.execute("ROLLBACK")
         writer.close()

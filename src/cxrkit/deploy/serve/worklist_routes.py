@@ -121,7 +121,7 @@ def _read(fn, *args, **kwargs):
     except wl.WorklistNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except wl.WorklistError as exc:  # no database / no table yet: the node has not started (or wrong folder)
-        raise HTTPException(503, str(exc)) from None
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
 
 def add_worklist_routes(app: FastAPI) -> None:
