@@ -56,26 +56,19 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _heat_png(shape: tuple[int, int], centre: tuple[float, float]) -> np.ndarray:
-    from cxrkit.deploy.serve.engine import heat_rgba
-
-    h, w = 8, 8  # CAM-sized map, scaled to the overlay as the node does
-    yy, xx = np.mgrid[0:h, 0:w]
-    heat = np.exp(-(((yy - centre[0] * h) / 1.6) ** 2 + ((xx - centre[1] * w) / 1.6) ** 2))
-    return heat_rgba(heat, shape)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    arr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA) if image.ndim == 3 else image
-    assert cv2.imwrite(str(path), arr)
+def _heat(centre: tuple[float, float]) -> np.ndarray:
+    """A CAM-sized (8 x 8) [0, 1] map with one hot spot, as the explainer gives the node."""
+    yy, xx = np.mgrid[0:8, 0:8]
+    return np.exp(-(((yy - centre[0] * 8) / 1.6) ** 2 + ((xx - centre[1] * 8) / 1.6) ** 2))
 
 
 def build_spool(root: Path, shared_data: Path) -> Path:
-    """A node spool as the node leaves it: node.db with the worklist (and a minimal outbox: the two columns the
-    reader counts) and SPOOL/worklist/<entry_id>/*.png."""
+    """A node spool as the node leaves it (cxrkit.deploy.dicom.process writes the same): node.db with the worklist
+    (and a minimal outbox: the two columns the reader counts) and SPOOL/worklist/<entry_id>/: per film an RGB
+    ``film_<sop_key>.png`` and, per positive finding, ``<sop_key>_<finding>.png`` (heatmap blended over the film,
+    white boxes)."""
     from cxrkit.data import read_image
+    from cxrkit.explain.overlay import draw_boxes, overlay, png_bytes
 
     spool = root / "spool"
     (spool / wl.IMAGES_DIR).mkdir(parents=True)
@@ -97,11 +90,12 @@ def build_spool(root: Path, shared_data: Path) -> Path:
                              "boxes": [[300.0, 260.0, 180.0, 220.0]] if p >= THRESHOLD else []}
                             for f, p in sorted(probs.items(), key=lambda kv: -kv[1])]
                 film = read_image(shared_data / "nih-sample" / "images" / image_name)
-                images = {"film": f"{sop_key}_film.png"}
-                _write_png(folder / images["film"], film)
+                images = {"film": f"film_{sop_key}.png"}
+                (folder / images["film"]).write_bytes(png_bytes(np.dstack([film] * 3)))
                 for j, f in enumerate(x for x in findings if x["positive"]):
                     images[f["name"]] = f"{sop_key}_{f['name']}.png"
-                    _write_png(folder / images[f["name"]], _heat_png((128, 128), (0.35 + 0.2 * j, 0.3 + 0.35 * i)))
+                    rgb = draw_boxes(overlay(film, _heat((0.35 + 0.2 * j, 0.3 + 0.35 * i))), [[70, 60, 60, 70]])
+                    (folder / images[f["name"]]).write_bytes(png_bytes(rgb))
                 films.append({"sop_key": sop_key, "view": view, "abnormality": max(probs.values()), "quality_ok": ok,
                               "quality_reason": reason, "findings": findings, "images": images})
             priority, why = wl.priority_of(films)
@@ -110,7 +104,9 @@ def build_spool(root: Path, shared_data: Path) -> Path:
                 "accession_number": accession, "study_date": "20261129", "received_at": T0 + dt,
                 "processed_at": T0 + dt + 4.5, "priority": priority, "priority_reason": why,
                 "abnormality": max(f["abnormality"] for f in films), "quality_ok": all(f["quality_ok"] for f in films),
-                "synthetic_model": True, "films": films, "skipped": []})
+                "synthetic_model": True, "films": films,
+                "skipped": [{"sop_key": _key(uid + ".sr"), "reason": "not an image (SR)"}] if n == 2 else [],
+                "model_id": "sha256:0123456789abcdef", "runtime": "torch/fp32"})
             conn.executemany("INSERT INTO outbox VALUES (?, ?)",
                              [(entry_id, "dead")] * dead + [(entry_id, "pending")] * pending +
                              [(entry_id, "sent")] * sent)
@@ -175,8 +171,10 @@ def test_worklist_order_rules_and_notice(client):
     assert not check["quality_ok"] and "quality gate" in check["priority_reason"]
     assert [f["quality_ok"] for f in check["films"]] == [True, False]
     assert entries[0]["priority_reason"] == "urgent finding: Pneumothorax"
+    assert check["skipped"] == [{"sop_key": _key("1.2.826.0.1.3680043.8.498.1002.sr"), "reason": "not an image (SR)"}]
     for e in entries:
         assert e["notice"] == RESEARCH_NOTICE and e["synthetic_model"] is True
+        assert (e["model_id"], e["runtime"]) == ("sha256:0123456789abcdef", "torch/fp32")  # extra keys kept
         for film in e["films"]:
             probs = [f["probability"] for f in film["findings"]]
             assert probs == sorted(probs, reverse=True) and len(probs) == len(NIH_FINDINGS)
@@ -224,13 +222,13 @@ def test_images_are_the_listed_pngs(client, spool):
 
     for entry in _entries(client):
         for film in entry["films"]:
-            for name, file in film["images"].items():
+            for file in film["images"].values():
                 r = client.get(f"/v1/worklist/{entry['entry_id']}/images/{file}", headers=AUTH)
                 assert r.status_code == 200, r.text
                 assert r.headers["content-type"] == "image/png" and r.headers["cache-control"] == "no-store"
                 assert r.content == (spool / wl.IMAGES_DIR / entry["entry_id"] / file).read_bytes()
                 img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
-                assert img.shape == ((256, 256) if name == "film" else (128, 128, 4))
+                assert img.shape == (256, 256, 3)
 
 
 def _raw_get(server: str, target: str) -> int:
@@ -434,12 +432,14 @@ def test_browser_worklist(server, tmp_path):
         overlay = driver.find_element(By.CSS_SELECTOR, "#wl-films img.wl-overlay")
         assert base.get_attribute("src").startswith("blob:") and overlay.get_attribute("src").startswith("blob:")
         assert overlay.get_attribute("data-finding") == "Pneumothorax"
-        assert driver.execute_script("return arguments[0].naturalWidth", overlay) == 128
+        assert driver.execute_script("return arguments[0].naturalWidth", overlay) == 256
         assert "Accession ACC1002" in driver.find_element(By.ID, "wl-detail-title").text
         # the check study: two films, the failed one flagged for a human
         driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")[2].click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#wl-films article")) == 2)
         assert "FAILED" in driver.find_element(By.ID, "wl-detail-quality").text
+        assert "1 object(s) of this batch not read: not an image (SR)" in driver.find_element(
+            By.ID, "wl-detail-skipped").text
         assert "FAILED" in driver.find_elements(By.CSS_SELECTOR, "#wl-films article")[1].text
         driver.save_screenshot(str(tmp_path / "worklist_check_study.png"))
         driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")[0].click()

@@ -33,6 +33,7 @@ PRIORITY_RULES = (
     (3, "routine", "no positive finding"),
 )
 PRIORITY_LABELS = {tier: label for tier, label, _ in PRIORITY_RULES}
+_DERIVED = ("priority_label", "delivery", "notice")  # added by the reader (_row_to_entry), never stored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS worklist (
@@ -91,11 +92,13 @@ def add_entry(conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
 
     ``entry`` keys: ``entry_id, study_key, study_instance_uid, accession_number, study_date, received_at,
     processed_at, priority, priority_reason, abnormality, quality_ok, synthetic_model, films, skipped`` (the
-    films and skipped lists go into the JSON body as they are).
+    films and skipped lists go into the JSON body as they are, and so does any other key, e.g. ``model_id``; the
+    keys the reader derives, ``priority_label, delivery, notice``, are not stored).
     """
     cols = ("entry_id", "study_key", "study_instance_uid", "accession_number", "study_date", "received_at",
             "processed_at", "priority", "priority_reason", "abnormality", "quality_ok", "synthetic_model")
-    body = json.dumps({"films": entry["films"], "skipped": entry.get("skipped", [])})
+    extra = {k: v for k, v in entry.items() if k not in cols and k not in _DERIVED}
+    body = json.dumps({**extra, "films": entry["films"], "skipped": entry.get("skipped", [])})
     conn.execute(f"INSERT OR REPLACE INTO worklist ({', '.join(cols)}, body) VALUES ({', '.join('?' * (len(cols) + 1))})",
                  [entry.get(c) if c not in ("quality_ok", "synthetic_model") else int(bool(entry.get(c)))
                   for c in cols] + [body])

@@ -194,7 +194,11 @@
     const d = delivery(entry.delivery);
     $("wl-detail-meta").textContent = "Received " + when(entry.received_at) + ", processed " +
       when(entry.processed_at) + "; results delivered: " + d.text + "; study " + entry.study_instance_uid +
-      (entry.skipped.length ? "; " + entry.skipped.length + " film(s) not read" : "");
+      (entry.model_id ? "; model " + entry.model_id : "") + (entry.runtime ? " (" + entry.runtime + ")" : "");
+    const skipped = entry.skipped.map((x) => (x && x.reason) ? x.reason : String(x));
+    $("wl-detail-skipped").textContent = skipped.length ?
+      skipped.length + " object(s) of this batch not read: " + skipped.join("; ") : "";
+    $("wl-detail-skipped").hidden = !skipped.length;
     $("wl-detail").hidden = false;
     // Films are only re-fetched when the study's results changed (not on every periodic refresh).
     const key = entry.entry_id + "@" + entry.processed_at;
@@ -242,7 +246,7 @@
     opacity.type = "range";
     opacity.min = "0";
     opacity.max = "100";
-    opacity.value = "60";
+    opacity.value = "100"; // the node's overlays are the heatmap already blended over the film
     opacity.setAttribute("aria-label", "heatmap opacity");
     opacity.addEventListener("input", () => { over.style.opacity = String(opacity.value / 100); });
     const caption = el("p", null, "caption");
