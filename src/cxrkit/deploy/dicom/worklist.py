@@ -14,10 +14,11 @@ then the earlier arrival):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from cxrkit import RESEARCH_NOTICE
 from cxrkit.data.errors import CxrError
@@ -32,6 +33,7 @@ PRIORITY_RULES = (
     (3, "routine", "no positive finding"),
 )
 PRIORITY_LABELS = {tier: label for tier, label, _ in PRIORITY_RULES}
+_DERIVED = ("priority_label", "delivery", "notice")  # added by the reader (_row_to_entry), never stored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS worklist (
@@ -55,6 +57,14 @@ CREATE INDEX IF NOT EXISTS worklist_order ON worklist (priority, abnormality DES
 
 class WorklistError(CxrError):
     """The worklist cannot be read (no node spool at that path, unknown entry or image)."""
+
+
+class WorklistUnavailable(WorklistError):
+    """No worklist to read yet: no node database at the spool, or one without the worklist table."""
+
+
+class WorklistNotFound(WorklistError):
+    """The worklist has no such entry, or the entry no such image."""
 
 
 def priority_of(films: Sequence[dict[str, Any]], urgent: Iterable[str] = DEFAULT_URGENT) -> tuple[int, str]:
@@ -82,28 +92,50 @@ def add_entry(conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
 
     ``entry`` keys: ``entry_id, study_key, study_instance_uid, accession_number, study_date, received_at,
     processed_at, priority, priority_reason, abnormality, quality_ok, synthetic_model, films, skipped`` (the
-    films and skipped lists go into the JSON body as they are).
+    films and skipped lists go into the JSON body as they are, and so does any other key, e.g. ``model_id``; the
+    keys the reader derives, ``priority_label, delivery, notice``, are not stored).
     """
     cols = ("entry_id", "study_key", "study_instance_uid", "accession_number", "study_date", "received_at",
             "processed_at", "priority", "priority_reason", "abnormality", "quality_ok", "synthetic_model")
-    body = json.dumps({"films": entry["films"], "skipped": entry.get("skipped", [])})
+    extra = {k: v for k, v in entry.items() if k not in cols and k not in _DERIVED}
+    body = json.dumps({**extra, "films": entry["films"], "skipped": entry.get("skipped", [])})
     conn.execute(f"INSERT OR REPLACE INTO worklist ({', '.join(cols)}, body) VALUES ({', '.join('?' * (len(cols) + 1))})",
                  [entry.get(c) if c not in ("quality_ok", "synthetic_model") else int(bool(entry.get(c)))
                   for c in cols] + [body])
 
 
-def _connect_ro(spool: str | Path) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _connect_ro(spool: str | Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection, closed on exit (``with sqlite3.connect()`` alone only ends a transaction)."""
     db = Path(spool) / DB_NAME
     if not db.is_file():
-        raise WorklistError(f"{spool}: no node database ({DB_NAME}); pass the --spool folder of a `cxr node`")
+        raise WorklistUnavailable(f"{spool}: no node database ({DB_NAME}); pass the --spool folder of a `cxr node` "
+                                  "(the node creates it when it starts)")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _delivery_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     try:
-        rows = conn.execute("SELECT entry_id, state, COUNT(*) FROM outbox GROUP BY entry_id, state").fetchall()
+        conn.row_factory = sqlite3.Row
+        yield conn
+    finally:
+        conn.close()
+
+
+def _query(conn: sqlite3.Connection, spool: str | Path, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise WorklistUnavailable(f"{spool}: the node database has no worklist yet ({exc})") from None
+        if "locked" in str(exc) or "busy" in str(exc):  # a long write of the node (rollback-journal mode)
+            raise WorklistUnavailable(f"{spool}: the node database is busy ({exc}); retry in a moment") from None
+        raise
+
+
+def _delivery_counts(conn: sqlite3.Connection, entry_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    if not entry_ids:
+        return {}
+    try:
+        rows = conn.execute(f"SELECT entry_id, state, COUNT(*) FROM outbox WHERE entry_id IN "
+                            f"({', '.join('?' * len(entry_ids))}) GROUP BY entry_id, state", list(entry_ids)).fetchall()
     except sqlite3.OperationalError:  # a database without the node's outbox table
         return {}
     out: dict[str, dict[str, int]] = {}
@@ -132,30 +164,36 @@ def read_worklist(spool: str | Path, *, limit: int = 200, offset: int = 0) -> li
     boxes}], images: {name: file}``), ``skipped``, ``delivery: {pending, sent, dead}`` and ``notice``.
     """
     with _connect_ro(spool) as conn:
-        try:
-            rows = conn.execute("SELECT * FROM worklist ORDER BY priority, abnormality DESC, received_at "
-                                "LIMIT ? OFFSET ?", (int(limit), int(offset))).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise WorklistError(f"{spool}: the node database has no worklist yet ({exc})") from None
-        delivery = _delivery_counts(conn)
+        rows = _query(conn, spool, "SELECT * FROM worklist ORDER BY priority, abnormality DESC, received_at "
+                                   "LIMIT ? OFFSET ?", (int(limit), int(offset)))
+        delivery = _delivery_counts(conn, [r["entry_id"] for r in rows])
     return [_row_to_entry(r, delivery) for r in rows]
+
+
+def count_entries(spool: str | Path) -> int:
+    """How many entries the worklist holds (for paging through :func:`read_worklist`)."""
+    with _connect_ro(spool) as conn:
+        return int(_query(conn, spool, "SELECT COUNT(*) FROM worklist")[0][0])
 
 
 def get_entry(spool: str | Path, entry_id: str) -> dict[str, Any]:
     with _connect_ro(spool) as conn:
-        row = conn.execute("SELECT * FROM worklist WHERE entry_id = ?", (entry_id,)).fetchone()
-        if row is None:
-            raise WorklistError(f"no worklist entry {entry_id!r}")
-        return _row_to_entry(row, _delivery_counts(conn))
+        rows = _query(conn, spool, "SELECT * FROM worklist WHERE entry_id = ?", (entry_id,))
+        if not rows:
+            raise WorklistNotFound(f"no worklist entry {entry_id!r}")
+        return _row_to_entry(rows[0], _delivery_counts(conn, [entry_id]))
 
 
 def entry_image(spool: str | Path, entry_id: str, name: str) -> Path:
     """The PNG file ``name`` of a worklist entry (only names the entry lists: no path from the client is used)."""
     entry = get_entry(spool, entry_id)
+    root = (Path(spool) / IMAGES_DIR).resolve()
+    folder = (root / entry_id).resolve()
     for film in entry["films"]:
         for file in film.get("images", {}).values():
             if file == name:
-                path = Path(spool) / IMAGES_DIR / entry_id / file
-                if path.is_file():
+                path = (folder / file).resolve()
+                # A listed name is still only served from the entry's own folder (no "..", no symlink out).
+                if folder.parent == root and path.parent == folder and path.is_file():
                     return path
-    raise WorklistError(f"worklist entry {entry_id!r} has no image {name!r}")
+    raise WorklistNotFound(f"worklist entry {entry_id!r} has no image {name!r}")

@@ -53,7 +53,8 @@ def _load(predictor_or_bundle, backend: str, device: str, precision: str):
 def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth_localhost: bool = False,
                max_upload_bytes: int = 20 * MB, max_batch: int = 16, max_wait_ms: float = 10.0,
                timeout_s: float = 30.0, max_queue: int = 256, max_pixels: int = 50_000_000,
-               backend: str = "torch", device: str = "cpu", precision: str = "fp32", warm_up: bool = True):
+               backend: str = "torch", device: str = "cpu", precision: str = "fp32", warm_up: bool = True,
+               worklist_spool: str | os.PathLike | None = None):
     """Build the service around a loaded predictor (any :func:`cxrkit.deploy.load_predictor` result) or a bundle
     path, loaded with ``backend``/``device``/``precision`` as :func:`~cxrkit.deploy.load_predictor` takes them.
 
@@ -61,7 +62,8 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
     app is only built when ``allow_no_auth_localhost`` is set, and then answers loopback clients only.
     ``max_batch``/``max_wait_ms``: dynamic micro-batching (``max_batch=1``: off). ``timeout_s``: per predict request
     (504 after it). ``max_upload_bytes``: streamed body limit (413). ``warm_up``: run one inference at start-up
-    before ``/readyz`` reports ready.
+    before ``/readyz`` reports ready. ``worklist_spool``: a ``cxr node`` spool folder whose triaged worklist
+    ``GET /v1/worklist`` serves (read-only; without one those endpoints answer 404).
     """
     from fastapi import FastAPI
 
@@ -71,11 +73,13 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
     from cxrkit.deploy.serve.limits import BodySizeLimit
     from cxrkit.deploy.serve.metrics import RequestObserver, ServeMetrics
     from cxrkit.deploy.serve.routes import add_handlers, add_routes
+    from cxrkit.deploy.serve.worklist_routes import add_worklist_routes, check_spool
 
     if api_key is None and not allow_no_auth_localhost:
         raise ServeError("create_app needs an api_key (or allow_no_auth_localhost=True for a loopback-only server)")
     settings = ServeSettings(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              timeout_s=timeout_s, max_queue=max_queue, max_pixels=max_pixels)
+    spool = check_spool(worklist_spool)
     metrics = ServeMetrics()
     service = ModelService(_load(predictor_or_bundle, backend, device, precision), metrics=metrics,
                            decode_limits=DecodeLimits(max_pixels=max_pixels, max_bytes=max_upload_bytes))
@@ -119,8 +123,9 @@ def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth
     app.state.ready = False
     app.state.service, app.state.batcher, app.state.metrics, app.state.settings = service, batcher, metrics, settings
     app.state.model_pool = app.state.decode_pool = None  # set while the server runs (lifespan)
-    app.state.api_key = api_key
+    app.state.api_key, app.state.worklist_spool = api_key, spool
     add_routes(app)
+    add_worklist_routes(app)
     add_handlers(app)
     # Outermost first on the way in: observe (ids, metrics, logs) -> auth (before any body is read) -> size limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -40,8 +40,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda"),
         precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8; openvino: fp32/int8/bf16"),
         log_level: str = typer.Option("info", help="debug, info, warning or error"),
+        worklist: Optional[Path] = typer.Option(None, help="a `cxr node` --spool folder: serve its triaged worklist "
+                                                "(GET /v1/worklist and the page's Worklist tab)", show_default=False),
     ) -> None:
-        """Serve a bundle over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics and a web page at /.
+        """Serve a bundle over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics and a web page at /
+        (with --worklist: also a node's triaged worklist, GET /v1/worklist).
 
         Auth is on by default (X-API-Key). Logs hold request ids, sizes, status and latency only: never file
         names or DICOM patient fields. Research use only.
@@ -66,7 +69,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         settings = {"max_upload_bytes": int(max_upload_mb * MB), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                     "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device,
-                    "precision": precision}
+                    "precision": precision, "worklist_spool": str(worklist.resolve()) if worklist else None}
         typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
         auth = "API key required (X-API-Key)" if key else "NO AUTH (loopback only)"
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
