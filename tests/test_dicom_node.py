@@ -211,3 +211,42 @@ def test_bad_config_is_a_short_error(bundle, tmp_path):
     out = subprocess.run([str(CXR), "node", str(bundle.parent), "--spool", str(tmp_path / "s")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "did you mean" in out.stderr
+
+
+def test_webhook_gets_a_de_identified_entry(bundle, tmp_path, shared_data):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import pydicom
+
+    need_dcmtk()
+    bodies: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    n = start_node(bundle, tmp_path, [], webhook_url=f"http://127.0.0.1:{server.server_port}/cxr?token=s3cret")
+    try:
+        study, files = _study(tmp_path, shared_data, "hook")
+        assert storescu(n.port, *files).returncode == 0
+        end = time.time() + 30
+        while time.time() < end and not bodies:
+            time.sleep(0.1)
+    finally:
+        n.stop()
+        server.shutdown()
+    assert len(bodies) == 1
+    body = bodies[0]
+    assert body["priority_label"] == "urgent" and body["notice"].startswith("Research use only")
+    text = json.dumps(body)
+    src = pydicom.dcmread(files[0])
+    assert study not in text and src.PatientID not in text and "ACC0001" not in text
