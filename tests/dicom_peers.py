@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +20,17 @@ DCMTK = ("storescu", "storescp", "echoscu", "dsrdump", "dcmcjpeg")
 CXR = Path(sys.executable).with_name("cxr")
 
 
+def tool(name: str) -> str:
+    """dcmtk's tool, never pynetdicom's console script of the same name in the venv."""
+    from cxrkit.deploy.dicom.bench import find_dcmtk
+
+    return find_dcmtk(name) or name
+
+
 def need_dcmtk() -> None:
-    missing = [t for t in DCMTK if shutil.which(t) is None]
+    from cxrkit.deploy.dicom.bench import find_dcmtk
+
+    missing = [t for t in DCMTK if find_dcmtk(t) is None]
     if missing:
         pytest.skip(f"needs Debian's dcmtk ({', '.join(missing)} missing): apt-get install dcmtk")
 
@@ -85,7 +93,7 @@ def make_film(src: Path, out: Path, *, study_uid: str, sop_uid: str | None = Non
     ds.save_as(out, enforce_file_format=True)
     if syntax == str(uid.JPEGLosslessSV1):
         tmp = out.with_suffix(".sv1")
-        subprocess.run(["dcmcjpeg", "+e1", str(out), str(tmp)], check=True, capture_output=True, timeout=60)
+        subprocess.run([tool("dcmcjpeg"), "+e1", str(out), str(tmp)], check=True, capture_output=True, timeout=60)
         os.replace(tmp, out)
     return out
 
@@ -102,7 +110,7 @@ class StoreSCP:
     def start(self) -> "StoreSCP":
         self._fh = open(self.log, "ab")
         # -uf: files named by SOP Instance UID; -v: one "Received Store Request" line per C-STORE
-        self.proc = subprocess.Popen(["storescp", "-v", "-aet", self.aet, "-od", str(self.folder), "-uf", "+xa",
+        self.proc = subprocess.Popen([tool("storescp"), "-v", "-aet", self.aet, "-od", str(self.folder), "-uf", "+xa",
                                       str(self.port)], stdout=self._fh, stderr=subprocess.STDOUT)
         wait_port(self.port)
         return self
@@ -146,12 +154,12 @@ def storescu(port: int, *files: Path, aet: str = "MODALITY", aec: str = "CXRKIT"
 
     syntax = str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
     propose = (PROPOSE[syntax],) if syntax in PROPOSE else ()
-    return subprocess.run(["storescu", *propose, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([tool("storescu"), *propose, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)
 
 
 def echoscu(port: int, aet: str = "MODALITY", aec: str = "CXRKIT") -> subprocess.CompletedProcess:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)], capture_output=True,
+    return subprocess.run([tool("echoscu"), "-aet", aet, "-aec", aec, "127.0.0.1", str(port)], capture_output=True,
                           text=True, timeout=30)
 
 

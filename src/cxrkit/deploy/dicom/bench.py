@@ -25,6 +25,19 @@ class BenchError(CxrError):
     """The node benchmark cannot run (dcmtk missing, node did not start...)."""
 
 
+def find_dcmtk(tool: str) -> str | None:
+    """The path of a dcmtk tool on PATH, skipping this Python's own bin folder: pynetdicom installs console
+    scripts of the same names (storescu, storescp, echoscu...) that take other options."""
+    import os
+
+    own = Path(sys.executable).parent.resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / tool
+        if folder and candidate.is_file() and os.access(candidate, os.X_OK) and candidate.parent.resolve() != own:
+            return str(candidate)
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,7 +121,7 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _send(port: int, path: Path) -> bool:
-    out = subprocess.run(["storescu", "-aet", "BENCHMOD", "-aec", "CXRKIT", "127.0.0.1", str(port), str(path)],
+    out = subprocess.run([find_dcmtk("storescu") or "storescu", "-aet", "BENCHMOD", "-aec", "CXRKIT", "127.0.0.1", str(port), str(path)],
                          capture_output=True, timeout=120)
     return out.returncode == 0
 
@@ -133,7 +146,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: int = 50, duration_s: float = 300.0,
               senders: int = 4, startup_timeout: float = 300.0) -> dict:
-    if shutil.which("storescu") is None:
+    if find_dcmtk("storescu") is None:
         raise BenchError("cxr bench node needs dcmtk's storescu (Debian: apt-get install dcmtk)")
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-node-"))
     pacs = _Pacs()
