@@ -108,6 +108,12 @@ def test_echo_and_single_film_round_trip(node, pacs, tmp_path, shared_data, capl
     assert found["Consolidation"]["positive"] and found["Consolidation"]["boxes"], "a hot region gets a box"
     assert found["Pneumothorax"]["positive"] and not found["Pneumothorax"]["boxes"], "a flat map gets none"
     assert not found["Effusion"]["positive"]
+    # retention "delete" (default): once every result is delivered the film and the sent results leave the spool
+    end = time.time() + 10
+    while time.time() < end and list((node.spool.root / "incoming").glob("*/*.dcm")):
+        time.sleep(0.1)
+    assert not list((node.spool.root / "incoming").glob("*/*.dcm"))
+    assert not list((node.spool.root / "results").glob("*/*.dcm"))
     # privacy: spool 0700, no patient or study identifiers in the node's log
     assert stat.S_IMODE(node.spool.root.stat().st_mode) == 0o700
     text = caplog.text
