@@ -5,7 +5,7 @@ DICOM code tables pydicom ships (``pydicom.sr.codedict`` / ``pydicom.sr._concept
 every such code below names the DICOM context group (CID) or dictionary entry it was taken from. Everything else
 is in cxrkit's private coding scheme :data:`PRIVATE_SCHEME` ("99CXRKIT"; DICOM reserves designators starting
 with "99" for private schemes), whose code value is the label name itself, so a reader can always map a code back
-to the model's output column. docs/dicom_sr.md lists every code.
+to the model's output column. docs/dicom.md lists every code.
 """
 from __future__ import annotations
 

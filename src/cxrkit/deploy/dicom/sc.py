@@ -2,7 +2,7 @@
 findings, their boxes and a burned-in legend (findings, abnormality, quality gate, research-use warning).
 
 Patient and study modules come from the source film (highdicom ``SCImage.from_ref_dataset``), so the SC lands in
-the film's study next to the SR. The legend is described in docs/dicom_sr.md.
+the film's study next to the SR. The legend is described in docs/dicom.md.
 """
 from __future__ import annotations
 

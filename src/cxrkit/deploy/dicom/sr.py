@@ -2,7 +2,7 @@
 
 Built with highdicom from the :class:`~cxrkit.deploy.dicom.results.StudyResult` and the received films (the
 evidence), so patient and study modules are copied from the films and the SR lands in the same study. The content
-tree and every code are described in docs/dicom_sr.md (folded into docs/dicom.md).
+tree and every code are described in docs/dicom.md.
 """
 from __future__ import annotations
 
