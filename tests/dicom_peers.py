@@ -154,7 +154,8 @@ def storescu(port: int, *files: Path, aet: str = "MODALITY", aec: str = "CXRKIT"
 
     syntax = str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
     propose = (PROPOSE[syntax],) if syntax in PROPOSE else ()
-    return subprocess.run([tool("storescu"), *propose, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([tool("storescu"), *propose, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port),
+                           *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)
 
 

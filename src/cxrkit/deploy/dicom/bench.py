@@ -121,7 +121,8 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _send(port: int, path: Path) -> bool:
-    out = subprocess.run([find_dcmtk("storescu") or "storescu", "-aet", "BENCHMOD", "-aec", "CXRKIT", "127.0.0.1", str(port), str(path)],
+    out = subprocess.run([find_dcmtk("storescu") or "storescu", "-aet", "BENCHMOD", "-aec", "CXRKIT", "127.0.0.1",
+                          str(port), str(path)],
                          capture_output=True, timeout=120)
     return out.returncode == 0
 

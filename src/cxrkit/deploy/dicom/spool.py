@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
+    claimed_until REAL,
     created_at REAL NOT NULL,
     sent_at REAL,
     last_error TEXT
@@ -226,23 +227,25 @@ class Spool:
 
     # -- outbox ---------------------------------------------------------------------------------------
     def due_outbox(self, now: float | None = None, lease: float = 60.0) -> list[OutboxItem]:
-        """Claim the results due for delivery: their next attempt moves ``lease`` s ahead, so a second process
-        (``cxr node retry`` beside a running node) does not send the same object at the same time."""
+        """Claim the results due for delivery for ``lease`` s, so a second process (``cxr node retry`` beside a
+        running node) does not send the same object at the same time. A node's start-up drops stale claims."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
             rows = conn.execute("SELECT id, entry_id, kind, sop_uid, path, destination, attempts FROM outbox "
-                                "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id", (now,)).fetchall()
-            conn.executemany("UPDATE outbox SET next_attempt_at = ? WHERE id = ?", [(now + lease, r[0]) for r in rows])
+                                "WHERE state = 'pending' AND next_attempt_at <= ? AND (claimed_until IS NULL OR "
+                                "claimed_until <= ?) ORDER BY id", (now, now)).fetchall()
+            conn.executemany("UPDATE outbox SET claimed_until = ? WHERE id = ?", [(now + lease, r[0]) for r in rows])
         return [OutboxItem(r[0], r[1], r[2], r[3], self.root / r[4], r[5], r[6]) for r in rows]
 
     def next_outbox_time(self) -> float | None:
-        row = self.conn().execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
+        row = self.conn().execute("SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM outbox "
+                                  "WHERE state = 'pending'").fetchone()
         return row[0] if row and row[0] is not None else None
 
     def mark_sent(self, item: OutboxItem, now: float | None = None) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL "
-                         "WHERE id = ?", (time.time() if now is None else now, item.id))
+            conn.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL, "
+                         "claimed_until = NULL WHERE id = ?", (time.time() if now is None else now, item.id))
 
     def mark_failed(self, item: OutboxItem, error: str, *, max_attempts: int, base: float, cap: float,
                     now: float | None = None) -> bool:
@@ -252,7 +255,8 @@ class Spool:
         if attempts < max_attempts:
             delay = min(cap, base * 2 ** (attempts - 1))
             with self.transaction() as conn:
-                conn.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                conn.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, "
+                             "claimed_until = NULL WHERE id = ?",
                              (attempts, now + delay, error[:500], item.id))
             return False
         dead = self.root / "dead-letter" / item.entry_id / item.path.name
@@ -261,7 +265,8 @@ class Spool:
             os.replace(item.path, dead)
             fsync_dir(dead.parent)
         with self.transaction() as conn:
-            conn.execute("UPDATE outbox SET state = 'dead', attempts = ?, path = ?, last_error = ? WHERE id = ?",
+            conn.execute("UPDATE outbox SET state = 'dead', attempts = ?, path = ?, last_error = ?, "
+                         "claimed_until = NULL WHERE id = ?",
                          (attempts, str(dead.relative_to(self.root)), error[:500], item.id))
         return True
 
@@ -301,6 +306,8 @@ class Spool:
         """Start-up after a crash: drop partial writes, register films written but not yet recorded (a kill
         between rename and commit), delete results of processing runs that never committed."""
         counts = {"partial": 0, "registered": 0, "orphan_results": 0}
+        with self.transaction() as conn:  # claims of a killed delivery pass: send those now, not after the lease
+            conn.execute("UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL")
         for part in (self.root / "tmp").iterdir():
             part.unlink(missing_ok=True)
             counts["partial"] += 1

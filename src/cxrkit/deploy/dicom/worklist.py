@@ -99,7 +99,8 @@ def add_entry(conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
             "processed_at", "priority", "priority_reason", "abnormality", "quality_ok", "synthetic_model")
     extra = {k: v for k, v in entry.items() if k not in cols and k not in _DERIVED}
     body = json.dumps({**extra, "films": entry["films"], "skipped": entry.get("skipped", [])})
-    conn.execute(f"INSERT OR REPLACE INTO worklist ({', '.join(cols)}, body) VALUES ({', '.join('?' * (len(cols) + 1))})",
+    marks = ", ".join("?" * (len(cols) + 1))
+    conn.execute(f"INSERT OR REPLACE INTO worklist ({', '.join(cols)}, body) VALUES ({marks})",
                  [entry.get(c) if c not in ("quality_ok", "synthetic_model") else int(bool(entry.get(c)))
                   for c in cols] + [body])
 
