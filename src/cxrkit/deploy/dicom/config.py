@@ -39,7 +39,8 @@ class Destination:
         return cls(match["aet"].strip(), match["host"].strip("[]"), int(match["port"]))
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literals keep their brackets
+        return f"{self.ae_title}@{host}:{self.port}"
 
 
 @dataclass(frozen=True)
