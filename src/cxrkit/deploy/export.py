@@ -33,22 +33,34 @@ def _graph_module(model):
     from torch import nn
 
     class GraphOutputs(nn.Module):
-        """CXRModel -> (logits, pooled embedding[, abnormal logit]) as a tuple, which tracers and ONNX need."""
+        """CXRModel -> (logits, pooled embedding[, abnormal logit][, class maps]) as a tuple, which tracers and ONNX
+        need. The class maps (CAM, B x C x h x w) come from the same pass, so a fast runtime explains for free."""
 
         def __init__(self, inner: nn.Module):
             super().__init__()
             self.inner = inner
 
         def forward(self, x: torch.Tensor):
+            from cxrkit.explain.cam import maps_from_outputs
+
             out = self.inner.forward_all(x)
             res = (out["logits"], out["features"].mean(dim=(2, 3)))
-            return res + (out["abnormal_logit"],) if out["abnormal_logit"] is not None else res
+            if out["abnormal_logit"] is not None:
+                res = res + (out["abnormal_logit"],)
+            if _has_cam(self.inner):
+                res = res + (maps_from_outputs(self.inner, out, "cam"),)
+            return res
 
     return GraphOutputs(model).eval()
 
 
+def _has_cam(model) -> bool:
+    return getattr(model, "head_type", None) in ("linear", "attention")
+
+
 def _output_names(model) -> list[str]:
-    return ["logits", "embedding"] + (["abnormal_logit"] if getattr(model, "normal_head", None) is not None else [])
+    return (["logits", "embedding"] + (["abnormal_logit"] if getattr(model, "normal_head", None) is not None else [])
+            + (["cam"] if _has_cam(model) else []))
 
 
 def synthetic_parity_images(size: int, n: int = 8, seed: int = 0) -> np.ndarray:

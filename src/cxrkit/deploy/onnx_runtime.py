@@ -83,7 +83,10 @@ class GraphPredictor(BasePredictor):
             abnormality = (1.0 / (1.0 + np.exp(-out["abnormal_logit"].astype(np.float64)))).astype(np.float32)
         else:
             abnormality = abnormality_from_probs(probs)
-        return {"logits": logits, "probs": probs, "abnormality": abnormality, "embedding": out["embedding"]}
+        res = {"logits": logits, "probs": probs, "abnormality": abnormality, "embedding": out["embedding"]}
+        if "cam" in out:  # class maps from the same pass (graphs exported by cxrkit >= 0.1 with a CAM head)
+            res["cam"] = out["cam"]
+        return res
 
 
 class OnnxPredictor(GraphPredictor):

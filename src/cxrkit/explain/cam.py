@@ -50,7 +50,12 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Te
     logit minus its bias. For the attention head the same decomposition gives each location's contribution to the
     logit, a_c(s) * (w_c . f(s)); "attention" returns a_c itself.
     """
-    out = model.forward_all(x)
+    return maps_from_outputs(model, model.forward_all(x), method)
+
+
+def maps_from_outputs(model: torch.nn.Module, out: dict, method: str = "cam") -> torch.Tensor:
+    """:func:`class_maps` from the outputs of a ``forward_all`` already run (the exported graph computes them in
+    the same pass as the logits, so a fast runtime gives CAM without a second, torch, forward)."""
     if method == "attention":
         return out["attention"].float()
     feats = out["features"].float()
@@ -58,6 +63,16 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Te
         return torch.relu(torch.einsum("cf,bfhw->bchw", model.head.fc.weight.float(), feats))
     contrib = torch.einsum("cf,bfhw->bchw", model.head.weight.float(), feats) * out["attention"].float()
     return torch.relu(contrib)
+
+
+def maps_from_graph(predictor, cam: np.ndarray, classes: Sequence[int], height: int, width: int) -> np.ndarray:
+    """CAM maps at an image's original size (K x H x W, [0, 1]) from the ``cam`` output (C x h x w) of an exported
+    graph for that image: the same normalisation, resize and un-padding as :func:`explain_images`."""
+    square = _to_square(torch.from_numpy(np.ascontiguousarray(cam[list(classes)], dtype=np.float32)),
+                        predictor.preresize)
+    fit = square_fit_geometry(height, width, predictor.preresize)
+    return np.stack([unfit_map(m, fit, height, width).clip(0.0, 1.0) for m in square]) if len(square) else \
+        np.zeros((0, height, width), np.float32)
 
 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,8 @@ class Processor:
     def warm_up(self) -> None:
         yy, xx = np.mgrid[0:256, 0:256]
         film = (128 + 60 * np.sin(xx / 17.0) * np.cos(yy / 23.0)).astype(np.uint8)
-        self.predictor.predict_full([film])
-        if self.config.heatmaps:
+        out = self.predictor.predict_full([film])
+        if self.config.heatmaps and "cam" not in out:  # the torch explainer is only loaded when needed
             from cxrkit.explain import explain_images
 
             explain_images(self.explainer(), [film], [self.label_names[0]])
@@ -153,7 +153,8 @@ class Processor:
         for j, film in enumerate(films):
             probs = out["probs"][j]
             positive = [n for n, p in zip(self.label_names, pos[j]) if p and n in self.report]
-            maps = self._heatmaps(film.image, positive) if positive and self.config.heatmaps else {}
+            cam = out["cam"][j] if "cam" in out else None
+            maps = self._heatmaps(film.image, positive, cam) if positive and self.config.heatmaps else {}
             findings = []
             for i, name in enumerate(self.label_names):
                 if name not in self.report:
@@ -165,12 +166,18 @@ class Processor:
                 sop_instance_uid=film.instance.sop_uid, sop_class_uid=film.instance.sop_class_uid, image=film.image,
                 findings=findings, abnormality=float(np.clip(out["abnormality"][j], 0.0, 1.0)),
                 quality_ok=bool(verdicts[j]["ok"]), quality_reason=str(verdicts[j]["reason"]), heatmaps=maps,
-                heatmap_method=self._method() if maps else None))
+                heatmap_method=(("cam" if cam is not None else self._method()) if maps else None)))
         return results
 
-    def _heatmaps(self, image: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    def _heatmaps(self, image: np.ndarray, names: Sequence[str], cam: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Heatmaps of ``names``: from the exported graph's class maps of the same pass when it has them (no second
+        forward), else from the torch model (CAM / attention / Grad-CAM as the bundle's head allows)."""
         from cxrkit.explain import explain_images
+        from cxrkit.explain.cam import maps_from_graph
 
+        if cam is not None:
+            idx = [self.label_names.index(n) for n in names]
+            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *image.shape)))
         try:
             return explain_images(self.explainer(), [image], list(names))[0]
         except CxrError as exc:  # a model without a usable CAM layer still gets its SR, without regions

@@ -1,0 +1,63 @@
+"""The exported graph's class-map output: CAM from the fast runtime's single pass equals torch's CAM, and the DICOM
+node uses it (no second, torch, forward for heatmaps)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(make_tiny_bundle, tmp_path_factory):
+    from cxrkit.deploy.export import export
+
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("cam") / "bundle", size=96)
+    export(bundle, format="onnx")
+    return bundle
+
+
+def _film(h=300, w=260):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (120 + 60 * np.sin(xx / 13.0) * np.cos(yy / 29.0) + 40 * (xx > w / 2)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_graph_cam_equals_torch_cam(exported, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.explain import explain_images
+    from cxrkit.explain.cam import maps_from_graph
+
+    image = _film()  # not square: the padding is cropped off on the way back
+    torch_pred = load_predictor(exported, backend="torch")
+    graph = load_predictor(exported, backend=backend)
+    out = graph.predict_full([image])
+    assert out["cam"].shape[:2] == (1, len(graph.label_names))
+    ref = explain_images(torch_pred, [image])[0]
+    maps = maps_from_graph(graph, out["cam"][0], range(len(graph.label_names)), *image.shape)
+    assert maps.shape == (len(graph.label_names), *image.shape)
+    for k, name in enumerate(graph.label_names):
+        assert np.abs(maps[k] - ref[name]).max() < 1e-4, name
+
+
+def test_node_heatmaps_come_from_the_graph(exported, tmp_path, monkeypatch):
+    from cxrkit.deploy.dicom.config import build_config
+    from cxrkit.deploy.dicom.process import Processor
+    from cxrkit.deploy.dicom.spool import Spool
+    from cxrkit.explain import explain_images
+
+    proc = Processor(exported, build_config(spool=tmp_path / "spool", backend="onnx"), Spool(tmp_path / "spool"))
+    image = _film()
+    out = proc.predictor.predict_full([image])
+    names = ["Effusion", "Nodule"]
+    ref = explain_images(proc.explainer(), [image], names)[0]
+
+    def no_torch(*a, **k):
+        raise AssertionError("the torch explainer ran although the graph has class maps")
+
+    monkeypatch.setattr("cxrkit.explain.explain_images", no_torch)
+    maps = proc._heatmaps(image, names, out["cam"][0])
+    for name in names:
+        assert np.abs(maps[name] - ref[name]).max() < 1e-4
