@@ -140,20 +140,14 @@ class StoreSCP:
                            f"{self.log.read_text(errors='replace')[-3000:]}")
 
 
-# storescu proposes uncompressed syntaxes only unless told which compressed one to offer
-PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
-           "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
-           "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
-           "1.2.840.10008.1.2.1.99": "-xd"}
-
-
 def storescu(port: int, *files: Path, aet: str = "MODALITY", aec: str = "CXRKIT", extra: tuple[str, ...] = (),
              timeout: float = 60.0) -> subprocess.CompletedProcess:
     """One association sending ``files`` (all in the same transfer syntax)."""
     import pydicom
 
-    syntax = str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    propose = (PROPOSE[syntax],) if syntax in PROPOSE else ()
+    from cxrkit.deploy.dicom.bench import storescu_propose
+
+    propose = storescu_propose(str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID))
     return subprocess.run([tool("storescu"), *propose, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port),
                            *map(str, files)],
                           capture_output=True, text=True, timeout=timeout)

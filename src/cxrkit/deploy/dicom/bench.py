@@ -38,6 +38,18 @@ def find_dcmtk(tool: str) -> str | None:
     return None
 
 
+# dcmtk's storescu offers uncompressed transfer syntaxes only unless told which compressed one to propose
+STORESCU_PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
+                    "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+                    "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
+                    "1.2.840.10008.1.2.1.99": "-xd"}
+
+
+def storescu_propose(syntax: str) -> list[str]:
+    """The storescu option that offers ``syntax`` (none for the uncompressed ones)."""
+    return [STORESCU_PROPOSE[syntax]] if syntax in STORESCU_PROPOSE else []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,10 +132,9 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def _send(port: int, path: Path) -> bool:
-    out = subprocess.run([find_dcmtk("storescu") or "storescu", "-aet", "BENCHMOD", "-aec", "CXRKIT", "127.0.0.1",
-                          str(port), str(path)],
-                         capture_output=True, timeout=120)
+def _send(port: int, path: Path, syntax: str) -> bool:
+    out = subprocess.run([find_dcmtk("storescu") or "storescu", *storescu_propose(syntax), "-aet", "BENCHMOD",
+                          "-aec", "CXRKIT", "127.0.0.1", str(port), str(path)], capture_output=True, timeout=120)
     return out.returncode == 0
 
 
@@ -161,16 +172,20 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
     try:
         _wait_listening(proc, port, startup_timeout, work / "node.log")
         template = _template(film)
+        syntax = str(template.file_meta.TransferSyntaxUID)
         files = work / "films"
         files.mkdir()
         # -- latency: one study at a time -------------------------------------------------------------
         lat_studies = []
         for i in range(latency_studies):
             path, study = _write_study(template, files, f"lat{i}")
-            if _send(port, path):
+            if _send(port, path, syntax):
                 lat_studies.append(study)
                 _wait(pacs, [study], 60)
             path.unlink()
+            if i == 2 and not lat_studies:
+                raise BenchError("storescu could not send the film 3 times; check the node log in "
+                                 f"{work / 'node.log'}")
         received = _received_at(spool)
         latencies = [pacs.arrivals[s] - received[s] for s in lat_studies if s in pacs.arrivals and s in received]
         # -- sustained load ---------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
             n = 0
             while time.time() < stop_at:
                 path, study = _write_study(tpl, files, f"s{k}_{n}")
-                ok = _send(port, path)
+                ok = _send(port, path, syntax)
                 path.unlink()
                 with lock:
                     if ok:
