@@ -44,7 +44,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless,
 )
 
-from cxrkit.data.decode import (
+from cxrkit.data.decode_core import (
     DecodeLimits, check_pixels, empty_meta, parse_jpeg_header, read_file_bytes, read_header, robust_window,
     scale_to_uint8, to_grey,
 )

@@ -15,14 +15,11 @@ from typing import Any
 from cxrkit import RESEARCH_NOTICE, __version__
 from cxrkit.data.decode import DecodeLimits
 from cxrkit.deploy.serve.errors import ServeError
+from cxrkit.deploy.serve.web_page import PAGE_CSP, WEB_DIR  # noqa: F401 (WEB_DIR: kept importable from here)
 
 log = logging.getLogger("cxrkit.serve")
-WEB_DIR = Path(__file__).with_name("web")
 MB = 1024 * 1024
 CONFIG_ENV = "CXR_SERVE_CONFIG"  # JSON settings for worker processes started by `cxr serve --workers N`
-# The page is self-contained: scripts, styles and fetches only from this origin; images also from data: URLs.
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit import RESEARCH_NOTICE
 from cxrkit.data.errors import ImageError
-from cxrkit.deploy.serve.app import PAGE_CSP, WEB_DIR
+from cxrkit.deploy.serve.web_page import PAGE_CSP, WEB_DIR
 from cxrkit.deploy.serve.auth import API_KEY_HEADER, key_matches
 from cxrkit.deploy.serve.batching import QueueFull
 from cxrkit.deploy.serve.engine import RequestError, UnsupportedImage
