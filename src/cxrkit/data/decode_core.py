@@ -6,6 +6,7 @@ a file within the size cap, and the intensity mappings onto uint8. The rules the
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -255,20 +256,36 @@ def empty_meta(source_format: str) -> dict[str, Any]:
             "mapping": None}
 
 
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
 def read_file_bytes(path: os.PathLike | str, limits: DecodeLimits) -> bytes:
     """Read a whole file in one go, refusing missing/unreadable files and files over ``limits.max_bytes``
     before reading them."""
     where = os.fspath(path)
     try:
-        size = os.stat(where).st_size
-        if size > limits.max_bytes:
-            raise ImageError(where, f"file is {size} bytes, over the size limit of {limits.max_bytes} bytes "
-                                    "(DecodeLimits.max_bytes)")
-        with open(where, "rb") as fh:
+        # O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever; regular files ignore it.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageError(where, "is a directory, not an image file")
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(where, f"not a regular file (it is a {_file_kind(st.st_mode)}); give image files")
+            size = st.st_size
+            if size > limits.max_bytes:
+                raise ImageError(where, f"file is {size} bytes, over the size limit of {limits.max_bytes} bytes "
+                                        "(DecodeLimits.max_bytes)")
             # Ask for what stat promised (+1 to notice growth): read(max_bytes) would allocate the whole cap per file.
-            # Size 0 may be a pipe or a /proc-like file, which says nothing about its length.
+            # Size 0 may be a /proc-like file, which says nothing about its length.
             return fh.read(size + 1 if size else limits.max_bytes + 1)
     except FileNotFoundError:
+        if os.path.islink(where):
+            raise ImageError(where, f"broken symbolic link: its target {os.readlink(where)!r} does not exist") \
+                from None
         raise ImageError(where, "file not found; check the path") from None
     except IsADirectoryError:
         raise ImageError(where, "is a directory, not an image file") from None
