@@ -21,6 +21,7 @@ STAGE_CLIS = (
     "cxrkit.deploy.cli",
     "cxrkit.demo",
     "cxrkit.deploy.serve.cli_serve",
+    "cxrkit.deploy.serve.cli_hardening",
 )
 
 

@@ -5,7 +5,8 @@ libpng and libjpeg (inside OpenCV) print warnings such as ``libpng warning: iCCP
 logging; a hostile client can fill the log with them (the upload is refused or decoded anyway, and the refusal
 has its own log line). :func:`route_native_stderr`, called once by ``cxr serve`` before logging is configured,
 points fd 2 at a pipe: lines that are decoder chatter become DEBUG records of the ``cxrkit.serve.decoders``
-logger, every other line is copied unchanged to the real stderr (where Python's own logging now writes too).
+logger (so do the panic reports of pylibjpeg's Rust codecs, whose panics the decoder already turns into refusals),
+every other line is copied unchanged to the real stderr (where Python's own logging now writes too).
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ import threading
 DECODER_CHATTER = re.compile(rb"^(libpng (warning|error)|Corrupt JPEG data|Premature end of JPEG file|"
                              rb"Invalid SOS parameters|Unsupported marker type|Warning: unknown JFIF revision|"
                              rb"JPEG datastream contains no image|Not a JPEG file|Bogus marker length)")
+RUST_PANIC = re.compile(rb"^thread '[^']*' panicked at ")
 log = logging.getLogger("cxrkit.serve.decoders")
 
 
 def route_native_stderr() -> None:
     """Point fd 2 at a filtering pipe (see the module docstring); Python's ``sys.stderr`` keeps the real one."""
+    # pylibjpeg's Rust decoders report a panic (caught and refused as bad input) on stderr; no backtraces.
+    os.environ["RUST_BACKTRACE"] = "0"
     real = os.dup(2)
     sys.stderr.flush()
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
@@ -34,9 +38,13 @@ def route_native_stderr() -> None:
 
 
 def _pump(read_end: int, real: int) -> None:
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+    in_panic = False  # a Rust codec plugin's panic report: "thread '..' panicked at", message, "note: run with"
+    with os.fdopen(read_end, "rb") as pipe:
         for line in iter(pipe.readline, b""):
-            if DECODER_CHATTER.match(line):
+            if RUST_PANIC.match(line):
+                in_panic = True
+            if in_panic or DECODER_CHATTER.match(line):
                 log.debug("decoder: %s", line.rstrip().decode("utf-8", "backslashreplace"))
+                in_panic = in_panic and not line.startswith(b"note: run with")
             else:
                 os.write(real, line)
