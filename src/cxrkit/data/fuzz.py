@@ -4,7 +4,9 @@
 Seeds are small valid PNG (8/16-bit grey, colour), JPEG (grey, colour, progressive) and DICOM files (native 8/12/16
 bit, MONOCHROME1, window and VOI LUT, palette colour, multi-frame, RLE, JPEG-LS, JPEG 2000, plus any real files
 given). Case ``i`` is a pure function of ``(seed, i)``: a seed file with 1-4 byte-level mutations (bit flips,
-boundary bytes and integers, inserted, deleted or duplicated runs, truncation) or, for DICOM, a structure-aware
+boundary bytes and integers, inserted, deleted or duplicated runs, truncation; for PNG often with the chunk CRCs
+made valid again) or a structure-aware mutation: for PNG, the inflated scanlines, the IHDR fields or extra chunks,
+written back with valid CRCs and zlib streams so they reach the decoder; for DICOM, a structure-aware
 mutation (header fields such as Rows/Columns/bits/photometric/frames/window/rescale, the transfer syntax, the
 VOI LUT and palette LUTs, the encapsulated fragments and offset table) serialised again.
 
@@ -165,6 +167,78 @@ def mutate_bytes(data: bytes, rng: np.random.Generator, n: int | None = None) ->
     return bytes(buf)
 
 
+def fix_png_crcs(data: bytes) -> bytes:
+    """Recompute the CRC of every whole chunk of a (mutated) PNG, so the mutation reaches the inflate and filter
+    stages instead of stopping at libpng's CRC check."""
+    import struct
+    import zlib
+
+    buf, pos = bytearray(data), 8
+    while pos + 12 <= len(buf):
+        length = struct.unpack_from(">I", buf, pos)[0]
+        end = pos + 12 + length
+        if end > len(buf):
+            break
+        buf[end - 4:end] = struct.pack(">I", zlib.crc32(bytes(buf[pos + 4:end - 4])) & 0xFFFFFFFF)
+        pos = end
+    return bytes(buf)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    import struct
+
+    chunks, pos = [], 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        chunks.append((kind, data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _png_build(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    import struct
+    import zlib
+
+    return b"\x89PNG\r\n\x1a\n" + b"".join(struct.pack(">I", len(d)) + k + d +
+                                           struct.pack(">I", zlib.crc32(k + d) & 0xFFFFFFFF) for k, d in chunks)
+
+
+def mutate_png(data: bytes, rng: np.random.Generator) -> bytes:
+    """A structure-aware PNG mutation with valid CRCs and zlib streams: the inflated scanlines (filter bytes
+    included), the IHDR fields, or extra / duplicated chunks (iCCP, tEXt, PLTE, tRNS, a second IHDR)."""
+    import zlib
+
+    chunks = _png_chunks(data)
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        raw = zlib.decompress(b"".join(d for k, d in chunks if k == b"IDAT"))
+        raw = mutate_bytes(raw, rng)
+        idat = zlib.compress(raw, 6)
+        cut = int(rng.integers(1, len(idat) + 1)) if rng.random() < 0.3 else len(idat)
+        out = [(k, d) for k, d in chunks if k != b"IDAT"]
+        out.insert(1, (b"IDAT", idat[:cut]))
+        if cut < len(idat):
+            out.insert(2, (b"IDAT", idat[cut:]))
+        return _png_build(out)
+    if kind == 1:
+        ihdr = bytearray(chunks[0][1])
+        field = int(rng.integers(0, 7))
+        if field < 2:  # width / height
+            ihdr[4 * field:4 * field + 4] = int(rng.choice(INTERESTING_INTS)).to_bytes(4, "big")
+        else:
+            ihdr[6 + field] = int(rng.choice([0, 1, 2, 3, 4, 6, 8, 16, 255]))
+        return _png_build([(b"IHDR", bytes(ihdr)), *chunks[1:]])
+    extra = [(b"iCCP", b"icc\x00\x00" + rng.integers(0, 256, 40, dtype=np.uint8).tobytes()),
+             (b"tEXt", b"Comment\x00" + bytes(rng.integers(32, 127, 30, dtype=np.uint8))),
+             (b"PLTE", rng.integers(0, 256, 3 * int(rng.integers(0, 300)), dtype=np.uint8).tobytes()),
+             (b"tRNS", rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()),
+             (b"IHDR", chunks[0][1]), (b"gAMA", b"\x00\x00\x00\x00"), (b"sBIT", b"\x11\x11\x11\x11")]
+    chosen = extra[int(rng.integers(0, len(extra)))]
+    out = list(chunks)
+    out.insert(int(rng.integers(1, len(out))), chosen)
+    return _png_build(out)
+
+
 _DICOM_FIELDS = {
     "Rows": (0, 1, 2, 63, 64, 65, 4096, 65535), "Columns": (0, 1, 2, 63, 64, 65, 4096, 65535),
     "BitsAllocated": (0, 1, 7, 8, 12, 16, 32, 64), "BitsStored": (0, 1, 7, 8, 12, 16, 17, 32),
@@ -244,7 +318,12 @@ def make_case(seeds: dict[str, bytes], seed: int, index: int) -> tuple[str, byte
         with warnings.catch_warnings():  # pydicom warns about the invalid values it is asked to write
             warnings.simplefilter("ignore")
             return name, mutate_dicom(data, rng)
-    return name, mutate_bytes(data, rng)
+    if name.startswith("png") and rng.random() < 0.6:
+        return name, mutate_png(data, rng)
+    mutated = mutate_bytes(data, rng)
+    if name.startswith("png") and rng.random() < 0.5:
+        mutated = fix_png_crcs(mutated)
+    return name, mutated
 
 
 def seed_format(name: str) -> str:
