@@ -195,3 +195,14 @@ def test_cxr_predict_exit_status_says_whether_inputs_failed(bundle, inputs, tmp_
         assert out.is_file(), res.output
         codes[name] = res.exit_code
     assert codes == {"all_ok": 0, "some_failed": 1, "all_failed": 3}
+
+
+def test_the_cxr_command_itself_exits_with_those_codes(bundle, inputs, tmp_path):
+    """Through `python -m cxrkit.cli` (cxrkit.cli.main), not only the Typer app: main must pass the code on."""
+    good, bad = str(next(inputs.glob("0*.png"))), str(inputs / "notes.png")
+    codes = []
+    for files in ([good, bad], [bad]):
+        proc = subprocess.run([sys.executable, "-m", "cxrkit.cli", "predict", str(bundle), *files, "--out",
+                               str(tmp_path / f"r{len(files)}.csv")], capture_output=True, text=True, timeout=240)
+        codes.append(proc.returncode)
+    assert codes == [1, 3]
