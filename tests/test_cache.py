@@ -55,8 +55,25 @@ def cache_files(out: Path) -> dict[str, bytes]:
 
 
 def stable_manifest(out: Path) -> dict:
+    from cxrkit.data.cache_write import MANIFEST_TIMESTAMPS
+
     m = json.loads((out / "manifest.json").read_text())
-    return {k: v for k, v in m.items() if k not in ("created", "completed")}
+    return {k: v for k, v in m.items() if k not in MANIFEST_TIMESTAMPS}
+
+
+def test_the_resume_guarantee_names_the_manifest_fields_that_differ(tmp_path):
+    """docs/data.md promises byte-identical resumed caches; manifest.json's timestamps are the exception it names."""
+    from cxrkit.data.cache_write import MANIFEST_TIMESTAMPS
+
+    src = make_nih(tmp_path / "nih", n=8)
+    a = json.loads((prepare(src, tmp_path / "a", size=32, workers=1, progress=False).path / "manifest.json").read_text())
+    time.sleep(1.1)  # timestamps have one-second resolution
+    b = json.loads((prepare(src, tmp_path / "b", size=32, workers=1, progress=False).path / "manifest.json").read_text())
+    differing = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differing == set(MANIFEST_TIMESTAMPS)
+    docs = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    resume = docs[docs.index("- **Resumable.**"):docs.index("- **No silent overwrite.**")]
+    assert "byte-identical" in resume and all(f"`{k}`" in resume for k in MANIFEST_TIMESTAMPS)
 
 
 def test_prepare_nih_sample(shared_data, tmp_path):

@@ -295,6 +295,50 @@ def test_truncated_compressed_pixel_data_is_refused(real8):
         decode_bytes(data[: len(data) * 3 // 4])
 
 
+def _with_fragment(ds: Dataset, keep: float) -> bytes:
+    """``ds`` re-encapsulated with its (single) frame cut to the fraction ``keep`` of its bytes."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: int(len(frame) * keep)]])
+    return to_bytes(ds)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_real_jpeg_dicom_with_a_cut_fragment_is_refused_as_truncated(shared_data, tmp_path, keep):
+    src = shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm"
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(_with_fragment(pydicom.dcmread(src), keep))
+    with pytest.raises(ImageError, match="truncated JPEG Baseline .* without its end marker"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_real_jpeg_dicom_cut_short_is_refused_as_truncated(shared_data, keep):
+    data = (shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm").read_bytes()
+    with pytest.raises(ImageError, match="truncated DICOM: the file ends inside its Pixel Data"):
+        decode_bytes(data[: int(len(data) * keep)])
+
+
+def test_real_jpeg_dicom_with_a_fragment_longer_than_the_element_is_refused(shared_data):
+    ds = pydicom.dcmread(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
+    pixels = bytearray(ds.PixelData)
+    at = 8 + int.from_bytes(pixels[4:8], "little")  # the first fragment's item, after the offset table
+    pixels[at + 4: at + 8] = (len(pixels)).to_bytes(4, "little")
+    ds.PixelData = bytes(pixels)
+    with pytest.raises(ImageError, match="truncated JPEG Baseline .* declares"):
+        decode(ds)
+
+
+@pytest.mark.parametrize("syntax", encodings(JPEG2000Lossless, JPEGLSLossless))
+def test_truncated_j2k_and_jpegls_fragments_are_refused(real8, syntax):
+    ds = make_ds(real8, bits=8)
+    ds.compress(syntax)
+    assert decode_bytes(to_bytes(ds)).shape == real8.shape  # intact: decodes
+    with pytest.raises(ImageError, match="truncated .* without its end marker"):
+        decode_bytes(_with_fragment(ds, 0.6))
+
+
 def test_huge_rows_columns_are_refused_before_decoding():
     ds = make_ds(np.zeros((2, 2), np.uint16))
     ds.Rows = ds.Columns = 65535

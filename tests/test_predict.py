@@ -136,7 +136,8 @@ def test_torchrun_two_process_gloo_matches_single_process(bundle, inputs, tmp_pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29653",
            str(script), "predict", str(bundle), str(inputs), "--out", str(out), "--batch-size", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # exit 1 (EXIT_SOME_FAILED): the inputs hold a non-image and a truncated PNG
+    assert proc.returncode == 1 and "2 input(s) failed" in proc.stdout, proc.stderr[-3000:]
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     paths = expand_inputs([inputs])
     assert [r["path"] for r in rows] == [str(p) for p in paths]
@@ -146,3 +147,62 @@ def test_torchrun_two_process_gloo_matches_single_process(bundle, inputs, tmp_pa
         if a["status"] == "ok":
             assert a["probs"] == pytest.approx(b["probs"], abs=1e-5)
     assert not list(tmp_path.glob("dist.jsonl.part*"))
+
+
+def _in_daemon_thread(fn, timeout_s: float):
+    """Run fn in a daemon thread (a hang cannot keep pytest alive); returns its result or fails after timeout_s."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=fn()), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"still running after {timeout_s} s (hung)"
+    return box["result"]
+
+
+def test_dangling_symlink_and_fifo_become_error_rows_without_hanging(bundle, inputs, tmp_path):
+    folder = tmp_path / "films"
+    folder.mkdir()
+    shutil.copy(next(inputs.glob("0*.png")), folder / "good.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    os.mkfifo(folder / "pipe.dcm")
+    named_fifo = tmp_path / "named.png"
+    os.mkfifo(named_fifo)
+    paths = expand_inputs([folder, named_fifo])
+    assert sorted(p.name for p in paths) == ["gone.png", "good.png", "named.png", "pipe.dcm"]
+    pred = load_bundle(bundle)
+    rows = _in_daemon_thread(lambda: predict_files(pred, paths, batch_size=2), 60)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["good.png"]["status"] == "ok"
+    assert "broken symbolic link" in by_name["gone.png"]["error"]
+    for fifo in ("pipe.dcm", "named.png"):
+        assert by_name[fifo]["status"] == "error" and "FIFO" in by_name[fifo]["error"], by_name[fifo]
+
+
+def test_cxr_predict_exit_status_says_whether_inputs_failed(bundle, inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import build_app
+
+    good = str(next(inputs.glob("0*.png")))
+    bad = str(inputs / "notes.png")
+    app = build_app()
+    codes = {}
+    for name, files in {"all_ok": [good], "some_failed": [good, bad], "all_failed": [bad, str(tmp_path / "no.png")]}.items():
+        out = tmp_path / f"{name}.csv"
+        res = CliRunner().invoke(app, ["predict", str(bundle), *files, "--out", str(out)])
+        assert out.is_file(), res.output
+        codes[name] = res.exit_code
+    assert codes == {"all_ok": 0, "some_failed": 1, "all_failed": 3}
+
+
+def test_the_cxr_command_itself_exits_with_those_codes(bundle, inputs, tmp_path):
+    """Through `python -m cxrkit.cli` (cxrkit.cli.main), not only the Typer app: main must pass the code on."""
+    good, bad = str(next(inputs.glob("0*.png"))), str(inputs / "notes.png")
+    codes = []
+    for files in ([good, bad], [bad]):
+        proc = subprocess.run([sys.executable, "-m", "cxrkit.cli", "predict", str(bundle), *files, "--out",
+                               str(tmp_path / f"r{len(files)}.csv")], capture_output=True, text=True, timeout=240)
+        codes.append(proc.returncode)
+    assert codes == [1, 3]

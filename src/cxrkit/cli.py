@@ -22,6 +22,7 @@ STAGE_CLIS = (
     "cxrkit.demo",
     "cxrkit.deploy.serve.cli_serve",
     "cxrkit.deploy.dicom.cli",
+    "cxrkit.deploy.serve.cli_hardening",
 )
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     app = build_app()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # non-standalone click returns typer.Exit's code instead
     except CxrError as exc:  # expected, user-facing failures: one clear line, no traceback
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

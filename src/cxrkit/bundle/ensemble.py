@@ -11,7 +11,7 @@ import torch
 
 from cxrkit.bundle.calibration import apply_calibration
 from cxrkit.bundle.format import BundleError
-from cxrkit.bundle.predictor import BasePredictor
+from cxrkit.bundle.base import BasePredictor
 
 ENSEMBLE_METHODS = ("mean", "weighted", "vote", "max")
 _EPS = 1e-6
@@ -72,11 +72,11 @@ class EnsemblePredictor(BasePredictor):
         return self._combine([m.predict_full(images, batch_size) for m in self.members])
 
 
-def load_ensemble(path: str | Path, config: dict, device: str | torch.device = "cpu",
+def load_ensemble(path: str | Path, config: dict, load_bundle, device: str | torch.device = "cpu",
                   amp_dtype: torch.dtype | None = None) -> EnsemblePredictor:
-    """Load the members listed in ``config["ensemble"]["members"]`` (paths relative to the bundle) and combine them."""
-    from cxrkit.bundle.predictor import load_bundle
-
+    """Load the members listed in ``config["ensemble"]["members"]`` (paths relative to the bundle) with
+    ``load_bundle(member, device=, amp_dtype=)`` and combine them. ``load_bundle`` is passed in because
+    :func:`cxrkit.bundle.predictor.load_bundle`, which loads every bundle, calls this module for ensembles."""
     path = Path(path)
     rels = config["ensemble"].get("members") or []
     members = []

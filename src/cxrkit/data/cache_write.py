@@ -362,5 +362,10 @@ def _versions() -> dict:
             "python": sys.version.split()[0]}
 
 
+# The only manifest.json fields that differ between two runs of the same request (resumed or not): wall-clock
+# times. docs/data.md's resume guarantee names them.
+MANIFEST_TIMESTAMPS = ("created", "completed")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, pixel_array
 from pydicom.pixels.decoders import RLELosslessDecoder
@@ -44,7 +44,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless,
 )
 
-from cxrkit.data.decode import (
+from cxrkit.data.decode_core import (
     DecodeLimits, check_pixels, empty_meta, parse_jpeg_header, read_file_bytes, read_header, robust_window,
     scale_to_uint8, to_grey,
 )
@@ -54,6 +54,7 @@ CHEST_MODALITIES = ("CR", "DX", "DR", "RG")
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"})
 _CHEST_PARTS = ("CHEST", "THORAX", "LUNG")
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 
 
@@ -91,6 +92,10 @@ def decode_checked_bytes(data: bytes, where: str, limits: DecodeLimits) -> tuple
                                 "re-save it with a DICOM writer") from None
     except Exception as exc:  # pydicom raises many types on malformed headers; all mean "bad file"
         raise ImageError(where, f"unreadable DICOM header ({_describe(exc)})") from None
+    if "PixelData" not in ds and _PIXEL_DATA_TAG in data:
+        # pydicom silently drops a Pixel Data element that the file ends inside of
+        raise ImageError(where, "truncated DICOM: the file ends inside its Pixel Data element; the file was cut "
+                                "short or damaged in transfer; export it again from the source")
     return _decode_dataset(ds, where, limits)
 
 
@@ -146,11 +151,16 @@ def _check_codestream(ds: Dataset, where: str) -> None:
                                syntax in JPEG2000TransferSyntaxes)
     if not (is_jpeg or is_jls or is_j2k):
         return
-    fragments = generate_fragments(ds.PixelData)
-    next(fragments, None)  # the Basic Offset Table item
-    first = next(fragments, None)
+    first = _first_frame(ds, syntax, where)
     if not first:
         raise ImageError(where, f"encapsulated pixel data ({syntax.name}) holds no image fragment")
+    # The codecs fill whatever a cut-off codestream lacks with grey (even with 95% of it missing) and report
+    # success, so a frame must end with its end marker: EOI for JPEG and JPEG-LS, EOC for JPEG 2000 (both FF D9),
+    # followed at most by the zero padding that keeps DICOM items even-length.
+    if not first.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ImageError(where, f"truncated {syntax.name} pixel data: the first frame's codestream ends after "
+                                f"{len(first)} bytes without its end marker (FF D9); the file was cut short or "
+                                "damaged in transfer; export it again from the source")
     if is_j2k:
         start = first.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC + SIZ, possibly after JP2 boxes
         if start < 0 or len(first) < start + 24:
@@ -163,6 +173,34 @@ def _check_codestream(ds: Dataset, where: str) -> None:
     if (width, height) != (ds.Columns, ds.Rows):
         raise ImageError(where, f"the {syntax.name} codestream is {width} x {height} pixels but Rows/Columns say "
                                 f"{ds.Columns} x {ds.Rows}; refusing the inconsistent file")
+
+
+def _first_frame(ds: Dataset, syntax, where: str) -> bytes:
+    """The bytes of frame 1 of encapsulated pixel data (its fragments joined), after checking that every item
+    fits inside the element: a fragment that declares more bytes than follow it is a truncated file."""
+    data = ds.PixelData
+    pos, n, items = 0, len(data), 0
+    while pos + 8 <= n:
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        if (group, elem) == (0xFFFE, 0xE0DD):  # sequence delimiter
+            break
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise ImageError(where, f"corrupt {syntax.name} pixel data: expected an item tag at byte {pos} of the "
+                                    f"Pixel Data element, found ({group:04X},{elem:04X})")
+        if pos + 8 + length > n:
+            raise ImageError(where, f"truncated {syntax.name} pixel data: fragment {items} declares {length} bytes "
+                                    f"but only {n - pos - 8} follow; the file was cut short or damaged in transfer")
+        pos, items = pos + 8 + length, items + 1
+    frames = _get(ds, "NumberOfFrames")
+    try:
+        count = max(1, int(frames)) if frames not in (None, "") else 1
+    except (TypeError, ValueError):
+        count = 1
+    try:
+        return next(generate_frames(data, number_of_frames=count), b"")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types on inconsistent offset tables
+        raise ImageError(where, f"corrupt {syntax.name} pixel data: cannot find the first frame ({_describe(exc)})") \
+            from None
 
 
 def _to_uint8(ds: Dataset, where: str) -> tuple[np.ndarray, str]:

@@ -36,6 +36,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         Multi-GPU / multi-node: run under torchrun (rank r takes inputs r::world; rank 0 merges in input order).
 
         An interrupted run resumes from its part files when rerun with the same arguments.
+
+        Exit status: 0 every input predicted, 1 some inputs failed, 3 every input failed (the results file is
+        written in all three cases), 2 the command could not run.
         """
         from cxrkit.deploy.onnx_runtime import load_predictor
         from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
@@ -70,7 +73,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
                 dist.destroy_process_group()
         if written is not None:
-            typer.echo(f"wrote {len(paths)} rows to {written}")
+            from cxrkit.deploy.predict import exit_code, status_counts
+
+            counts = status_counts(written)
+            failed = f"; {counts['error']} input(s) failed (status=error, reason in the error column)" \
+                if counts["error"] else ""
+            typer.echo(f"wrote {len(paths)} rows to {written}{failed}")
+            code = exit_code(counts)
+            if code:
+                raise typer.Exit(code)
 
     @app.command("export")
     def export_cmd(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.deploy.onnx_runtime import BackendError, GraphPredictor, _require_onnx_config
+from cxrkit.deploy.graph_predictor import BackendError, GraphPredictor, _require_onnx_config
 
 # OpenVINO's own default on AMX/AVX512-BF16 CPUs is bf16; fp32 and int8 graphs are asked for f32 explicitly so a
 # result labelled fp32 is computed in fp32 (int8: the quantised convolutions in int8, the rest in fp32).

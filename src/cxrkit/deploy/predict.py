@@ -24,12 +24,13 @@ class PredictError(CxrError):
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files, folders (recursive; image suffixes or none, hidden files skipped) and glob patterns -> paths in a
-    stable order. A name matching nothing is kept, so it becomes an error row instead of vanishing."""
+    stable order. A name matching nothing is kept, so it becomes an error row instead of vanishing; so are broken
+    symbolic links and FIFOs or other special files inside folders (the decoder refuses them without reading)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            out += sorted(f for f in p.rglob("*") if not f.is_dir() and f.suffix.lower() in IMAGE_SUFFIXES
                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif not p.exists() and glob.has_magic(str(item)):
             matches = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
@@ -134,6 +135,32 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                         row["heatmaps"] = _heatmaps(predictor, image, out["probs"][j], pos[j], heatmaps, stem)
             bar.update(stop - start)
             yield rows
+
+
+# `cxr predict` exit codes (docs/deploy.md): every input predicted / some inputs failed / every input failed.
+# 2 stays what it is for every cxr command: the command itself could not run (bad bundle, bad options...).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 1, 3
+
+
+def status_counts(out: str | Path) -> dict[str, int]:
+    """``{"ok": n, "error": m}`` over the rows of a results file written by :func:`write_results`."""
+    out = Path(out)
+    counts = {"ok": 0, "error": 0}
+    with open(out, newline="") as fh:
+        if output_format(out) == "jsonl":
+            statuses = [json.loads(line)["status"] for line in fh if line.strip()]
+        else:
+            statuses = [row["status"] for row in csv.DictReader(line for line in fh if not line.startswith("#"))]
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def exit_code(counts: dict[str, int]) -> int:
+    """EXIT_OK when nothing failed, EXIT_ALL_FAILED when nothing succeeded, else EXIT_SOME_FAILED."""
+    if not counts.get("error"):
+        return EXIT_OK
+    return EXIT_ALL_FAILED if not counts.get("ok") else EXIT_SOME_FAILED
 
 
 def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, workers: int = 2,

@@ -12,6 +12,9 @@ from cxrkit.data.errors import CxrError
 from cxrkit.fileio import atomic_write_bytes
 
 LAST = "last.pt"
+# Written by the engine, read back by finalize when the bundle is made (here so neither imports the other).
+BEST_WEIGHTS = "best.safetensors"
+VAL_PREDICTIONS = "val_predictions.npz"
 
 
 class CheckpointError(CxrError):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from cxrkit.data.errors import CacheError
-from cxrkit.training.checkpoint import LAST, atomic_write, load_checkpoint, plain, save_checkpoint
+from cxrkit.training.checkpoint import (BEST_WEIGHTS, LAST, VAL_PREDICTIONS, atomic_write, load_checkpoint, plain,
+                                        save_checkpoint)
 from cxrkit.training.config import ConfigError, RESUME_MUTABLE, TrainConfig
 from cxrkit.training import distributed as dist_util
 from cxrkit.training.losses import prevalence_pos_weight
@@ -22,8 +23,6 @@ from cxrkit.training.thresholds import mean_auroc, per_class_auroc
 from cxrkit.training.trainer import NonFiniteLossError, Trainer, ValOutput, merge_val
 
 CONFIG_NAME = "config.json"
-BEST_WEIGHTS = "best.safetensors"
-VAL_PREDICTIONS = "val_predictions.npz"
 
 
 @dataclass

@@ -39,7 +39,7 @@ def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Pa
     from safetensors.torch import load_file
 
     from cxrkit.bundle import save_bundle
-    from cxrkit.training.engine import BEST_WEIGHTS, VAL_PREDICTIONS
+    from cxrkit.training.checkpoint import BEST_WEIGHTS, VAL_PREDICTIONS
 
     model = trainer.model
     model.load_state_dict(load_file(str(run_dir / "checkpoints" / BEST_WEIGHTS)))

@@ -19,6 +19,7 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico", "/openapi.js
                         "/redoc"})
 OPEN_PREFIXES = ("/static/",)
 MIN_KEY_LENGTH = 16
+PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 
 def is_loopback(host: str | None) -> bool:
@@ -37,7 +38,7 @@ def resolve_api_key(api_key: str | None, *, no_auth: bool, host: str) -> str | N
     """The key the server will require (``--api-key``, else ``$CXR_API_KEY``), or None for ``--no-auth``.
 
     Auth is on by default: without a key the server refuses to start, and ``--no-auth`` is accepted only when the
-    server listens on a loopback address (nobody else can reach it).
+    server listens on a loopback address (only this machine, and whatever it forwards to that port, reaches it).
     """
     key = api_key or os.environ.get(API_KEY_ENV) or None
     if no_auth:
@@ -56,6 +57,20 @@ def resolve_api_key(api_key: str | None, *, no_auth: bool, host: str) -> str | N
     return key
 
 
+def read_key_file(path) -> str:
+    """The API key from the first line of a file (``--api-key-file``), so it never appears on a command line."""
+    from pathlib import Path
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ServeError(f"--api-key-file {path}: cannot read it ({exc.strerror or exc})") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ServeError(f"--api-key-file {path}: the file is empty; put the key on its first line")
+    return key
+
+
 def key_matches(expected: str, given: str | None) -> bool:
     """Constant-time comparison (no timing side channel on the key)."""
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
@@ -67,7 +82,9 @@ def is_open_path(path: str) -> bool:
 
 class ApiKeyAuth:
     """401 without ``X-API-Key``, 403 with a wrong one. With ``api_key=None`` (``--no-auth``) requests from
-    non-loopback peers get 403, so a proxy or port-forward cannot expose an unauthenticated server by accident."""
+    non-loopback peers and requests an HTTP proxy forwarded (they carry its ``Forwarded``-family headers) get
+    403. A plain TCP forward (ssh -L, socat, kubectl port-forward) arrives from 127.0.0.1 and cannot be told
+    apart from a local client: ``--no-auth`` serves it (the server logs a warning at start-up)."""
 
     def __init__(self, app, api_key: str | None):
         self.app, self.api_key = app, api_key
@@ -80,6 +97,12 @@ class ApiKeyAuth:
             if not is_loopback(client[0] if client else None):
                 return await send_json_error(send, 403, "this server runs without authentication and only answers "
                                                         "requests from the same machine (loopback)", close=True)
+            if any(name in PROXY_HEADERS for name, _ in scope.get("headers") or ()):
+                # An HTTP proxy on this machine says whom it forwards for; a plain TCP forward cannot be told apart
+                # from a local client (docs/serve.md says so).
+                return await send_json_error(send, 403, "this server runs without authentication and does not "
+                                                        "answer proxied requests (Forwarded / X-Forwarded-For / "
+                                                        "X-Real-IP); start it with an API key", close=True)
             return await self.app(scope, receive, send)
         given = None
         for name, value in scope.get("headers") or ():

@@ -27,14 +27,21 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         bundle: Path = typer.Argument(..., help="bundle directory (with --backend onnx: its model.onnx is used)"),
         host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
         port: int = typer.Option(8000, min=1, max=65535),
-        api_key: Optional[str] = typer.Option(None, help="API key clients send in X-API-Key (default: $CXR_API_KEY)",
-                                              show_default=False),
+        api_key: Optional[str] = typer.Option(None, help="API key clients send in X-API-Key (visible to other users "
+                                              "in `ps`: prefer $CXR_API_KEY or --api-key-file)", show_default=False),
+        api_key_file: Optional[Path] = typer.Option(None, help="read the API key from this file (first line)"),
         no_auth: bool = typer.Option(False, "--no-auth", help="no API key; only allowed on a loopback --host"),
         max_batch: int = typer.Option(16, min=1, help="micro-batch size limit (1: batching off)"),
         max_wait_ms: float = typer.Option(10.0, min=0.0, help="how long a batch waits to fill"),
         max_upload_mb: float = typer.Option(20.0, min=0.001, help="request body limit (413 above it)"),
         timeout_s: float = typer.Option(30.0, min=0.01, help="per-request limit (504 after it)"),
         max_queue: int = typer.Option(256, min=1, help="requests allowed to wait for the model (503 beyond)"),
+        max_inflight_mb: float = typer.Option(256.0, min=1.0, help="upload bytes held by requests in progress "
+                                              "(503 beyond)"),
+        max_heatmaps: int = typer.Option(2, min=1, help="heatmap requests in progress at once (503 beyond)"),
+        max_connections: int = typer.Option(512, min=1, help="open connections (more: 503 and closed)"),
+        header_timeout_s: float = typer.Option(10.0, min=0.1, help="time to send the request headers (408 after)"),
+        body_timeout_s: float = typer.Option(60.0, min=0.1, help="time to send the request body (408 after)"),
         workers: int = typer.Option(1, min=1, help="server processes (each loads the model)"),
         backend: str = typer.Option("torch", help="torch, onnx or openvino (the last two run BUNDLE/model*.onnx)"),
         device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -57,24 +64,39 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         from cxrkit import RESEARCH_NOTICE
         from cxrkit.deploy.serve.app import CONFIG_ENV, MB, create_app
-        from cxrkit.deploy.serve.auth import API_KEY_ENV, resolve_api_key
+        from cxrkit.deploy.serve.auth import API_KEY_ENV, read_key_file, resolve_api_key
+        from cxrkit.deploy.serve.engine import quiet_decoder_logs
         from cxrkit.deploy.serve.errors import ServeError
+        from cxrkit.deploy.serve.native_stderr import route_native_stderr
+        from cxrkit.deploy.serve.protocol import HttpLimits, guarded_protocol
 
-        key = resolve_api_key(api_key, no_auth=no_auth, host=host)
+        if api_key is not None and api_key_file is not None:
+            raise ServeError("both --api-key and --api-key-file were given; drop one of them")
+        if api_key is not None:
+            typer.secho("warning: --api-key on the command line is visible to other users of this machine (ps); "
+                        f"prefer ${API_KEY_ENV} or --api-key-file", fg=typer.colors.YELLOW, err=True)
+        key = resolve_api_key(read_key_file(api_key_file) if api_key_file else api_key, no_auth=no_auth, host=host)
         if not bundle.exists():
             raise ServeError(f"{bundle}: no such bundle directory (cxr train writes RUN_DIR/bundle)")
         level = log_level.upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ServeError(f"--log-level {log_level!r}: choose debug, info, warning or error")
+        route_native_stderr()  # before logging is configured: handlers bind to the new sys.stderr
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        quiet_decoder_logs()
         settings = {"max_upload_bytes": int(max_upload_mb * MB), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                     "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device,
-                    "precision": precision, "worklist_spool": str(worklist.resolve()) if worklist else None}
+                    "precision": precision, "worklist_spool": str(worklist.resolve()) if worklist else None,
+                    "max_inflight_bytes": int(max_inflight_mb * MB), "max_heatmaps": max_heatmaps,
+                    "body_timeout_s": body_timeout_s, "body_idle_timeout_s": min(10.0, body_timeout_s)}
+        http = guarded_protocol(HttpLimits(header_timeout_s=header_timeout_s, max_connections=max_connections))
         typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
-        auth = "API key required (X-API-Key)" if key else "NO AUTH (loopback only)"
+        auth = "API key required (X-API-Key)" if key else "NO AUTH: anything reaching this loopback port, port " \
+            "forwards included"
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
                    f"{workers} worker(s)]", err=True)
-        common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+        common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
+                      http=http)
         if workers == 1:
             app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings)
             uvicorn.run(app_obj, **common)

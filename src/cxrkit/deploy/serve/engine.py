@@ -27,8 +27,28 @@ class RequestError(CxrError):
     """A request asked for something this model or backend cannot do (answered with 400)."""
 
 
-def decode_upload(data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict[str, Any]]:
-    """Upload bytes -> (uint8 grey image, metadata). Raises ImageError (UnsupportedImage for other formats)."""
+def quiet_decoder_logs() -> None:
+    """For the server process: hostile uploads make pydicom log ERROR lines with tracebacks and warn, but each
+    refusal already gets one log line of its own (status and request id, :class:`~.metrics.RequestObserver`)
+    and a 4xx answer with the reason. Silences pydicom's logger and warnings (libpng's are avoided by the decoder,
+    which drops ancillary PNG chunks before decoding)."""
+    import logging
+    import warnings
+
+    import pydicom  # noqa: F401 - importing pydicom sets its logger's level, so import it before overriding that
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module="pydicom")
+
+
+def decode_upload(data: bytes, limits: DecodeLimits, max_side: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Upload bytes -> (uint8 grey image, metadata). Raises ImageError (UnsupportedImage for other formats).
+
+    ``max_side``: an image with a longer side is shrunk to it (area interpolation, aspect kept) right after
+    decoding, so what waits for the model is small whatever the upload decodes to; ``meta["orig_width"]``,
+    ``meta["orig_height"]`` keep the decoded size. The model sees ``fit_square`` of the shrunk image, which for
+    ``max_side`` at or above its input size differs from ``fit_square`` of the original by resampling rounding only.
+    """
     try:
         image, meta = decode_bytes_with_meta(data, name="upload", limits=limits)
     except ImageError as exc:
@@ -39,7 +59,16 @@ def decode_upload(data: bytes, limits: DecodeLimits) -> tuple[np.ndarray, dict[s
         raise ImageError("upload", f"could not decode the image: {type(exc).__name__}") from None
     from cxrkit.deploy.quality_features import add_colourfulness
 
-    return image, add_colourfulness(meta, data)
+    meta = add_colourfulness(meta, data)
+    h, w = image.shape
+    meta["orig_width"], meta["orig_height"] = w, h
+    if max_side is not None and max(h, w) > max_side:
+        import cv2
+
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    return image, meta
 
 
 def png_b64(image: np.ndarray) -> str:
@@ -67,14 +96,18 @@ def heat_rgba(heatmap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class ModelService:
-    """A predictor plus its quality gate, as the service uses them. ``run_batch`` and ``heatmaps`` run on the model
-    thread only (one at a time: the model and the Grad-CAM hooks are not shared between threads)."""
+    """A predictor plus its quality gate, as the service uses them. ``run_batch`` runs on the model thread only;
+    ``heatmaps`` on the heatmap thread only, with its own copy of the predictor (Grad-CAM hooks a model, so the two
+    threads never share one)."""
 
-    def __init__(self, predictor, *, decode_limits: DecodeLimits | None = None, metrics=None):
+    def __init__(self, predictor, *, decode_limits: DecodeLimits | None = None, metrics=None,
+                 decode_max_side: int | None = None):
         from cxrkit.deploy.quality import QualityGate
 
         self.predictor, self.metrics = predictor, metrics
         self.decode_limits = decode_limits or DecodeLimits(max_pixels=50_000_000)
+        self.decode_max_side = decode_max_side
+        self._explainer = None  # the heatmap thread's own copy of the predictor, made on first use
         self.gate = QualityGate.from_bundle(predictor) if getattr(predictor, "path", None) else None
         self.label_names: tuple[str, ...] = tuple(predictor.label_names)
         self.thresholds = np.asarray(predictor.thresholds, dtype=np.float32)
@@ -106,8 +139,16 @@ class ModelService:
         from cxrkit.explain.overlay import fit_display
 
         start = time.perf_counter()
-        maps = explain_images(self.predictor, [image], list(names))[0]
-        display, _ = fit_display(image, HEATMAP_MAX_SIDE)
+        if self._explainer is None:
+            import copy
+
+            self._explainer = copy.deepcopy(self.predictor)
+        # At model resolution: maps come back at the size of the image explained, so explain one no larger than
+        # the model's input (or the display size); explaining the original drew maps of its full size.
+        side = max(HEATMAP_MAX_SIDE, int(getattr(self.predictor, "preresize", 0) or 0))
+        work, _ = fit_display(image, side)
+        maps = explain_images(self._explainer, [work], list(names))[0]
+        display, _ = fit_display(work, HEATMAP_MAX_SIDE)
         small, _ = fit_display(display, OVERLAY_MAX_SIDE)
         out = {"method": concrete_method(self.predictor), "image": png_b64(display),
                "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}

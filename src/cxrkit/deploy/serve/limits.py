@@ -98,3 +98,83 @@ async def _drain(receive) -> None:
         got += len(message.get("body", b""))
         if not message.get("more_body", False):
             return
+
+
+class BodyTimedOut(Exception):
+    """Raised inside the app's ``receive`` when the body is not received in time (turned into a 408)."""
+
+
+class BodyReadTimeout:
+    """Refuse with 408 a request whose body is not complete within ``total_s`` of the request's start, or that
+    sends nothing for ``idle_s`` while the body is incomplete (a trickling client, or a Content-Length larger than
+    what is sent). Only the body is timed: once its last chunk is in, ``receive`` is passed through untouched."""
+
+    def __init__(self, app, total_s: float, idle_s: float):
+        if not (total_s > 0 and idle_s > 0):
+            raise ValueError(f"body timeouts must be positive, got {total_s}, {idle_s}")
+        self.app, self.total_s, self.idle_s = app, float(total_s), float(idle_s)
+
+    def _message(self, idle: bool) -> str:
+        if idle:
+            return (f"request body stalled: nothing received for {self.idle_s:g} s (the server's limit); "
+                    "check Content-Length and send the whole body")
+        return (f"request body not received within {self.total_s:g} s (the server's limit); send a smaller file or "
+                "use a faster connection")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_s
+        state = {"done": False, "timed_out": None, "started": False}
+
+        async def timed_receive():
+            if state["timed_out"] is not None:
+                raise BodyTimedOut(state["timed_out"])
+            if state["done"]:
+                return await receive()
+            left = deadline - loop.time()
+            wait = min(self.idle_s, left)
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except asyncio.TimeoutError:
+                state["timed_out"] = self._message(idle=wait < left)
+                raise BodyTimedOut(state["timed_out"]) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["done"] = True
+            return message
+
+        async def guarded_send(message):
+            if state["timed_out"] is not None:
+                return  # the answer is our 408, whatever the app made of the interrupted body
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if state["timed_out"] is None:
+                raise
+        if state["timed_out"] is not None and not state["started"]:
+            await send_json_error(send, 408, state["timed_out"], close=True)
+
+
+class ByteBudget:
+    """A count of something in flight (bytes, heatmap slots) with a ceiling. Used from the event loop only, so a
+    plain counter suffices: ``try_take(n)`` is False when taking ``n`` would pass the ceiling."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"the limit must be positive, got {limit}")
+        self.limit, self.used = int(limit), 0
+
+    def try_take(self, n: int) -> bool:
+        # One item is always admitted on an idle server, even when it alone is larger than the ceiling.
+        if self.used and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give_back(self, n: int) -> None:
+        self.used = max(0, self.used - n)

@@ -19,16 +19,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def serve_in_thread(app, host: str = "127.0.0.1", port: int | None = None, *, start_timeout_s: float = 60.0,
-                    ready: bool = True, log_level: str = "warning") -> Iterator[str]:
-    """Start uvicorn on ``host:port`` in a daemon thread, yield the base URL, stop it on exit.
+                    ready: bool = True, log_level: str = "warning", http_limits=None) -> Iterator[str]:
+    """Start uvicorn on ``host:port`` in a daemon thread, yield the base URL, stop it on exit. The connection
+    limits are ``http_limits`` (:class:`~cxrkit.deploy.serve.protocol.HttpLimits`; default: its defaults).
 
     ``ready``: also wait until ``/readyz`` answers 200 (model warmed up). Bounded by ``start_timeout_s``.
     """
     import uvicorn
 
+    from cxrkit.deploy.serve.protocol import HttpLimits, guarded_protocol
+
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                           access_log=False))
+                                           access_log=False, http=guarded_protocol(http_limits or HttpLimits())))
     thread = threading.Thread(target=server.run, name=f"cxr-serve-{port}", daemon=True)
     thread.start()
     url = f"http://{host}:{port}"

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit import RESEARCH_NOTICE
 from cxrkit.data.errors import ImageError
-from cxrkit.deploy.serve.app import PAGE_CSP, WEB_DIR
+from cxrkit.deploy.serve.web_page import PAGE_CSP, WEB_DIR
 from cxrkit.deploy.serve.auth import API_KEY_HEADER, key_matches
 from cxrkit.deploy.serve.batching import QueueFull
 from cxrkit.deploy.serve.engine import RequestError, UnsupportedImage
@@ -92,14 +92,28 @@ def add_routes(app: FastAPI) -> None:
         names = state.service.select(findings)
         if heatmap and not state.service.can_explain:
             raise RequestError("heatmaps need the torch backend (start the server with --backend torch)")
-        data = await file.read()
+        if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
+            raise RequestError("more than one 'file' field in the form; send one image per request")
+        if heatmap and not state.heatmap_slots.try_take(1):
+            raise QueueFull(f"server busy: {state.settings.max_heatmaps} heatmap requests already in progress (the "
+                            "server's limit); retry shortly, or ask without heatmap=true")
+        data, held = b"", 0
         try:
+            data = await file.read()
+            if not state.upload_budget.try_take(len(data)):
+                raise QueueFull(f"server busy: uploads in progress hold its limit of {state.settings.max_inflight_bytes} "
+                                "bytes; retry shortly")
+            held = len(data)
             return await asyncio.wait_for(_predict(request, data, names, heatmap), state.settings.timeout_s)
         except asyncio.TimeoutError:
             state.metrics.timeouts.inc()
             limit = state.settings.timeout_s
             raise HTTPException(504, f"prediction took longer than the server's limit of {limit:g} s (server busy or "
                                      "image too large); retry later") from None
+        finally:
+            state.upload_budget.give_back(held)
+            if heatmap:
+                state.heatmap_slots.give_back(1)
 
 
 async def _predict(request: Request, data: bytes, names: list[str], heatmap: bool) -> dict:
@@ -108,7 +122,8 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
     state = request.app.state
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    image, meta = await loop.run_in_executor(state.decode_pool, decode_upload, data, state.service.decode_limits)
+    image, meta = await loop.run_in_executor(state.decode_pool, decode_upload, data, state.service.decode_limits,
+                                             state.service.decode_max_side)
     t1 = time.perf_counter()
     result = await state.batcher.submit((image, meta))
     t2 = time.perf_counter()
@@ -118,13 +133,14 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
         "model_version": state.service.version, "findings": table,
         "positive_findings": [r["name"] for r in table if r["positive"]],
         "abnormality": min(1.0, max(0.0, result["abnormality"])), "quality": result["quality"],
-        "image": {"format": meta.get("source_format") or "unknown", "width": int(image.shape[1]),
-                  "height": int(image.shape[0])},
+        "image": {"format": meta.get("source_format") or "unknown",
+                  "width": int(meta.get("orig_width", image.shape[1])),
+                  "height": int(meta.get("orig_height", image.shape[0]))},
         "heatmaps": None,
         "timing_ms": {"decode": _ms(t0, t1), "queue_and_model": _ms(t1, t2)},
     }
     if heatmap:
-        response["heatmaps"] = await loop.run_in_executor(state.model_pool, state.service.heatmaps, image, names)
+        response["heatmaps"] = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)
         response["timing_ms"]["heatmaps"] = _ms(t2, time.perf_counter())
     return response
 
