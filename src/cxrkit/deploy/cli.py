@@ -9,6 +9,14 @@ from typing import List, Optional
 import typer
 
 
+def warn_if_synthetic(config: dict) -> None:
+    """One loud stderr line when the bundle was trained on phantom films (its outputs on real films mean nothing)."""
+    from cxrkit.bundle.synthetic import SYNTHETIC_WARNING, trained_on_synthetic
+
+    if trained_on_synthetic(config):
+        typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
+
+
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
@@ -60,6 +68,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if not paths:
             raise PredictError(f"no input files found in {inputs}")
         predictor = load_predictor(bundle, backend, device=device, precision=precision)
+        warn_if_synthetic(predictor.config)
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,

@@ -122,6 +122,7 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
                   "height": int(image.shape[0])},
         "heatmaps": None,
         "timing_ms": {"decode": _ms(t0, t1), "queue_and_model": _ms(t1, t2)},
+        **state.service.synthetic_fields(),
     }
     if heatmap:
         response["heatmaps"] = await loop.run_in_executor(state.model_pool, state.service.heatmaps, image, names)

@@ -6,6 +6,7 @@ from html import escape
 from typing import Sequence
 
 from cxrkit import RESEARCH_NOTICE
+from cxrkit.bundle.synthetic import SYNTHETIC_WARNING
 from cxrkit.evaluation.operating import POLICY_TITLES
 
 PHANTOM_WARNING = "synthetic data — not clinical performance"
@@ -238,6 +239,8 @@ def render_report(m: dict, figures: dict[str, bytes | None], gallery, command: s
     saying why heatmaps are unavailable; ``command``: the CLI line that reproduces every number."""
     phantom = m.get("data", {}).get("is_phantom")
     warn = f'<p class="warn">{escape(PHANTOM_WARNING)}</p>' if phantom else ""
+    if m.get("bundle", {}).get("trained_on_synthetic"):
+        warn += f'<p class="warn">{escape(SYNTHETIC_WARNING)}</p>'
     cal = m.get("calibration", {})
     cal_text = (f"Mean expected calibration error (ECE, {cal.get('n_bins')} equal-width bins): "
                 f"{fmt(cal.get('mean_ece'))}. Calibration applied: "
