@@ -76,8 +76,20 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
     return out
 
 
+def _format_of(path: Path) -> Any:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return config.get("format") if isinstance(config, dict) else None
+
+
 def read_bundle_config(bundle_dir: str | Path) -> dict[str, Any]:
     path = Path(bundle_dir) / CONFIG_NAME
+    inner = Path(bundle_dir) / "bundle" / CONFIG_NAME
+    if inner.is_file() and (not path.is_file() or _format_of(path) != BUNDLE_FORMAT):
+        raise BundleError(f"{bundle_dir} is a training run folder, not a bundle: did you mean "
+                          f"{Path(bundle_dir) / 'bundle'}?")
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a cxrkit bundle: {CONFIG_NAME} not found (cxr train writes bundles "
                           "to RUN_DIR/bundle)")

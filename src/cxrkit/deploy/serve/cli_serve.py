@@ -53,6 +53,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import uvicorn
 
         from cxrkit import RESEARCH_NOTICE
+        from cxrkit.bundle import SYNTHETIC_WARNING, read_bundle_config, trained_on_synthetic
         from cxrkit.deploy.serve.app import CONFIG_ENV, MB, create_app
         from cxrkit.deploy.serve.auth import API_KEY_ENV, resolve_api_key
         from cxrkit.deploy.serve.errors import ServeError
@@ -67,13 +68,18 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         settings = {"max_upload_bytes": int(max_upload_mb * MB), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                     "timeout_s": timeout_s, "max_queue": max_queue, "backend": backend, "device": device,
                     "precision": precision}
+        # the bundle is loaded (or at least its config checked) before anything says "serving"
+        app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings) \
+            if workers == 1 else read_bundle_config(bundle)
         typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
+        config = app_obj if isinstance(app_obj, dict) else app_obj.state.service.predictor.config
+        if trained_on_synthetic(config):
+            typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
         auth = "API key required (X-API-Key)" if key else "NO AUTH (loopback only)"
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
                    f"{workers} worker(s)]", err=True)
         common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
         if workers == 1:
-            app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings)
             uvicorn.run(app_obj, **common)
             return
         # Worker processes build their own app from the environment (uvicorn needs an import string for them).
