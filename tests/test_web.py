@@ -111,7 +111,7 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
                 "const o = document.getElementById('overlay'), b = document.getElementById('base-image');"
                 "return !o.hidden && o.complete && o.naturalWidth > 0 && b.complete && b.naturalWidth > 0;"))
             quality = driver.find_element(By.ID, "quality")  # the tiny bundle has no fitted gate: never a green pass
-            assert quality.text.startswith("No quality gate fitted") and "unchecked" in quality.get_attribute("class")
+            assert quality.text.startswith("Not quality-checked") and "unchecked" in quality.get_attribute("class")
 
         upload_and_wait(png, "PNG", "256 x 256")
         overlay = driver.find_element(By.ID, "overlay")

@@ -57,3 +57,15 @@ def test_train_on_a_dataset_folder_suggests_a_separate_cache(tmp_path):
     assert f"cxr prepare SOURCE {data}" not in str(err.value)
     proc = _cxr("train", str(data), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert proc.returncode == 2 and "cache/phantom" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bundle_files_share_one_mode(tmp_path, make_tiny_bundle):
+    bundle = make_tiny_bundle(tmp_path / "b")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in bundle.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_tour_outputs_are_ignored():
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    for path in ("/data/", "/cache/", "/runs/", "/heatmaps/", "/results.csv", "/fast.csv"):
+        assert path in ignored, path

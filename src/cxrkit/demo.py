@@ -110,9 +110,9 @@ def _auroc_line(metrics: dict) -> str:
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("demo")
     def demo(
-        out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("cxr-demo"),
+        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("cxr-demo"),
         n: Annotated[int, typer.Option("--n", help="Phantom images to generate.")] = DemoConfig.n_images,
-        epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the CPU demo preset).")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Training epochs.", show_default="the CPU demo preset's")] = None,
         seed: Annotated[int, typer.Option(help="Seed for data, split and training.")] = 0,
         n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for the confidence intervals.")] = 1000,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,

@@ -68,12 +68,25 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
         sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
         tmp = out / f".{WEIGHTS_NAME}.tmp"
         save_file(sd, str(tmp), metadata={"format": BUNDLE_FORMAT})
+        # safetensors creates its file 0600; give it the mode of the bundle's other files (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out / WEIGHTS_NAME)
         fsync_dir(out)
     write_bundle_config(out, config)
     return out
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux); 0o022 where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _format_of(path: Path) -> Any:

@@ -97,14 +97,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         images: List[Path] = typer.Argument(..., help="PNG, JPEG or DICOM files."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
                                  f"{RESULTS_NAME}, index.html."),
-        method: str = typer.Option("auto", help="auto | cam | gradcam | gradcam++ | attention"),
+        method: str = typer.Option("auto", help="Method: auto | cam | gradcam | gradcam++ | attention"),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
-                                               "Effusion,Cardiomegaly (default: the top-k by probability)."),
-        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings "
-                                            "(default 3)."),
+                                               "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
+        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings.",
+                                            show_default="3"),
         box_threshold: str = typer.Option("0.5", help="Boxes cover pixels >= this fraction of the map's peak, or "
                                           "'otsu'."),
-        device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+        device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     ) -> None:
         """Heatmaps with boxes for each finding, a JSON of boxes and probabilities, and an index.html sheet."""
         import json

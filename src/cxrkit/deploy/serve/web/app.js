@@ -73,7 +73,7 @@
     q.className = "quality " + verdict;
     q.textContent = {
       ok: "Quality check passed: ",
-      unchecked: "No quality gate fitted - only basic checks ran: ",
+      unchecked: "Not quality-checked (no gate fitted): ",
       bad: "Quality check FAILED - results unreliable: ",
     }[verdict] + res.quality.reason;
     $("abnormality").textContent = "Abnormality score: " + res.abnormality.toFixed(3) +
