@@ -117,7 +117,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for the confidence intervals.")] = 1000,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
-        """Run the whole pipeline on synthetic phantom data (about 10 minutes on 2 CPU cores)."""
+        """Run the whole pipeline on synthetic phantom data (4 min 46 s on an idle 2-core VM; docs/benchmarks.md)."""
         t0 = time.perf_counter()
         res = run_demo(DemoConfig(out=out, n_images=n, epochs=epochs, seed=seed, n_boot=n_boot, quiet=quiet),
                        echo=typer.echo)
