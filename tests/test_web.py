@@ -186,6 +186,9 @@ def test_browser_synthetic_model_warns_and_bars_stay_beside_numbers(tmp_path, ma
             assert quality.value_of_css_property("background-color") != "rgba(218, 251, 225, 1)"  # not the green
             beside = driver.execute_script(BAR_BESIDE_NUMBER_JS)
             assert len(beside) == 14 and all(beside), beside
+            width = driver.execute_script("return [document.documentElement.scrollWidth, "
+                                          "document.documentElement.clientWidth]")
+            assert width[0] <= width[1], f"the page is wider than the window: {width}"
             ARTIFACTS.mkdir(exist_ok=True)
             driver.save_screenshot(str(ARTIFACTS / "web_synthetic.png"))
         finally:
