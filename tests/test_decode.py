@@ -6,6 +6,7 @@ import struct
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,18 +50,26 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
 
 
+def nih_png(shared_data: Path, name: str) -> tuple[Path, int]:
+    """A real NIH PNG and its side: the 1024-px original when the full reference data is here, else its 256-px copy
+    from the committed subset."""
+    full = shared_data / "nih-fullres" / name
+    return (full, 1024) if full.is_file() else (shared_data / "nih-sample" / "images" / name, 256)
+
+
 @pytest.fixture(scope="module")
 def real_png(shared_data) -> bytes:
-    return (shared_data / "nih-fullres" / "00000075_000.png").read_bytes()
+    return nih_png(shared_data, "00000075_000.png")[0].read_bytes()
 
 
 # -- real NIH files ---------------------------------------------------------------------------------------------
 def test_real_nih_png_grey_and_rgba(shared_data):
-    grey, meta = read_image_with_meta(shared_data / "nih-fullres" / "00000075_000.png")
-    assert grey.shape == (1024, 1024) and grey.dtype == np.uint8 and grey.flags.c_contiguous
+    path, side = nih_png(shared_data, "00000075_000.png")
+    grey, meta = read_image_with_meta(path)
+    assert grey.shape == (side, side) and grey.dtype == np.uint8 and grey.flags.c_contiguous
     assert meta["source_format"] == "png" and meta["photometric"] == "grey" and meta["mapping"] == "identity"
     assert meta["view"] is meta["sex"] is meta["age"] is meta["pixel_spacing"] is meta["modality"] is None
-    path = shared_data / "nih-fullres" / "00000100_000.png"
+    path, _ = nih_png(shared_data, "00000100_000.png")
     rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     image, meta = read_image_with_meta(path)
     assert meta["photometric"] == "rgba"

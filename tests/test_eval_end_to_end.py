@@ -18,6 +18,7 @@ from cxrkit.data.labels import NIH_FINDINGS
 from cxrkit.evaluation.evaluate import EvaluationError, evaluate
 from cxrkit.evaluation.report.html import PHANTOM_WARNING, render_report
 from cxrkit.models import create_model
+from nih_like import nih_like
 
 ADJ = "nih-metadata/google2019_nih-chest-xray-labels.csv.gz"
 
@@ -29,15 +30,19 @@ def setup(tmp_path_factory, shared_data):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("e2e")
     # with the NIH boxes: 2 of the sample's 6 boxed images fall in the test split (localisation is exercised)
-    cache = prepare(shared_data / "nih-sample", root / "cache", size=48, workers=1, progress=False,
-                    bbox_csv=shared_data / "nih-metadata" / "BBox_List_2017.csv.gz")
+    boxes, adjudicated = shared_data / "nih-metadata" / "BBox_List_2017.csv.gz", shared_data / ADJ
+    # the real 421-film sample, or the committed subset topped up with variants (boxes and labels follow)
+    src = nih_like(shared_data, root / "nih", 160, tables=(boxes, adjudicated))
+    if src != shared_data / "nih-sample":
+        boxes, adjudicated = src / "BBox_List_2017.csv", src / adjudicated.name.removesuffix(".gz")
+    cache = prepare(src, root / "cache", size=48, workers=1, progress=False, bbox_csv=boxes)
     torch.manual_seed(0)
     b0 = save_bundle(root / "b0", create_model("resnet10t", 14), label_names=NIH_FINDINGS, input_size=48,
                      preresize=48, mean=0.449, std=0.226)
     torch.manual_seed(1)
     b1 = save_bundle(root / "b1", create_model("resnet10t", 14, normal_head=True), label_names=NIH_FINDINGS,
                      input_size=48, preresize=48, mean=0.449, std=0.226)
-    return root, cache, b0, b1
+    return root, cache, b0, b1, adjudicated
 
 
 class _Tags(HTMLParser):
@@ -58,11 +63,11 @@ class _Tags(HTMLParser):
 
 
 def test_evaluate_writes_metrics_and_report(setup, shared_data):
-    root, cache, b0, b1 = setup
+    root, cache, b0, b1, adjudicated = setup
     bundle = shutil.copytree(b0, root / "b0_cal")
     out = root / "eval"
     m = evaluate(bundle, cache.path, "test", out, n_boot=100, seed=0, calibrate="temperature", compare=b1,
-                 adjudicated=shared_data / ADJ, progress=False, gallery_k=1)
+                 adjudicated=adjudicated, progress=False, gallery_k=1)
     disk = json.loads((out / "metrics.json").read_text())
     assert disk["mean_auroc"] == pytest.approx(m["mean_auroc"])
     assert set(disk["per_class"]) == set(NIH_FINDINGS)
@@ -113,7 +118,7 @@ def test_cli_evaluate_without_explain_says_heatmaps_unavailable(setup, monkeypat
 
     from cxrkit.cli import build_app
 
-    root, cache, b0, _ = setup
+    root, cache, b0, _, _ = setup
     app = build_app(stages=("cxrkit.evaluation.cli",))
     monkeypatch.setitem(sys.modules, "cxrkit.explain", None)  # import now fails as if the package were absent
     res = CliRunner().invoke(app, ["evaluate", str(b0), str(cache.path), "--out", str(root / "noexp"), "--n-boot",
@@ -131,7 +136,7 @@ def test_cli_triage_sim_from_bundle_and_cache(setup):
 
     from cxrkit.evaluation.cli import register
 
-    root, cache, _, b1 = setup
+    root, cache, _, b1, _ = setup
     app, groups = typer.Typer(), {"data": typer.Typer(), "bench": typer.Typer()}
     register(app, groups)
     res = CliRunner().invoke(app, ["triage-sim", "--bundle", str(b1), "--cache", str(cache.path), "--out",
@@ -160,7 +165,7 @@ def test_phantom_evaluation_is_flagged_synthetic(tmp_path):
 
 
 def test_bad_requests_are_clear_errors(setup, tmp_path):
-    root, cache, b0, _ = setup
+    root, cache, b0, _, _ = setup
     other = save_bundle(tmp_path / "ab", create_model("resnet10t", 2), label_names=["a", "b"], input_size=48,
                         mean=0.5, std=0.25)
     with pytest.raises(EvaluationError, match="no labels for"):

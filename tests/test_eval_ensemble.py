@@ -61,6 +61,19 @@ def test_ensemble_loads_and_predicts(members, tmp_path, method):
     assert ens.positives(out["probs"]).shape == (3, 14)
     fast = ens.forward_uint8(ens.to_uint8_batch(_images()))
     assert fast["probs"].shape == (3, 14)
+    # no member has a normal/abnormal head: the score is the largest finding probability of the ensemble itself
+    np.testing.assert_allclose(out["abnormality"], out["probs"].max(axis=1), atol=1e-6)
+    np.testing.assert_allclose(fast["abnormality"], fast["probs"].max(axis=1), atol=1e-6)
+
+
+def test_ensemble_with_a_normal_head_member_combines_member_scores(members, tmp_path):
+    torch.manual_seed(5)
+    headed = save_bundle(tmp_path / "h", create_model("resnet10t", 14, normal_head=True), label_names=NIH_FINDINGS,
+                         input_size=48, preresize=48, mean=0.449, std=0.226)
+    ens = load_bundle(build_ensemble([members[0], headed], tmp_path / "ens", method="mean"))
+    out = ens.predict_full(_images())
+    singles = [load_bundle(m).predict_full(_images())["abnormality"] for m in (members[0], headed)]
+    np.testing.assert_allclose(out["abnormality"], (singles[0] + singles[1]) / 2, atol=1e-5)
 
 
 def test_weighted_ensemble_fits_on_validation(members, cache, tmp_path):

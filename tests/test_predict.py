@@ -38,7 +38,7 @@ def inputs(tmp_path_factory, shared_data) -> Path:
     shutil.copy(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm", sub / "chest.dcm")
     shutil.copy(shared_data / "dicom" / "not_chest_abdomen_ot.dcm", sub / "abdomen.dcm")
     (d / "notes.png").write_bytes(b"this is not an image")
-    (d / "trunc.png").write_bytes((shared_data / "nih-fullres" / "00000075_000.png").read_bytes()[:400])
+    (d / "trunc.png").write_bytes((shared_data / "nih-sample" / "images" / "00000075_000.png").read_bytes()[:400])
     (d / ".hidden.png").write_bytes(b"skip me")
     return d
 

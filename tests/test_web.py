@@ -55,7 +55,7 @@ def test_page_assets_are_self_contained_and_carry_the_notice(server):
     assert "innerHTML" not in code and "outerHTML" not in code  # server data only through textContent
 
 
-def _driver(profile: Path):
+def _driver(profile: Path, size: str = "1280,1000"):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -63,7 +63,7 @@ def _driver(profile: Path):
     opts.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile}",
+                 "--disable-dev-shm-usage", f"--window-size={size}", f"--user-data-dir={profile}",
                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -110,7 +110,8 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
             wait.until(lambda d: d.execute_script(
                 "const o = document.getElementById('overlay'), b = document.getElementById('base-image');"
                 "return !o.hidden && o.complete && o.naturalWidth > 0 && b.complete && b.naturalWidth > 0;"))
-            assert driver.find_element(By.ID, "quality").text.startswith("Quality check")
+            quality = driver.find_element(By.ID, "quality")  # the tiny bundle has no fitted gate: never a green pass
+            assert quality.text.startswith("Not quality-checked") and "unchecked" in quality.get_attribute("class")
 
         upload_and_wait(png, "PNG", "256 x 256")
         overlay = driver.find_element(By.ID, "overlay")
@@ -135,3 +136,61 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
     finally:
         driver.quit()
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_favicon_is_served(server):
+    r = httpx.get(server + "/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content
+    assert 'rel="icon" href="/static/favicon.svg"' in (WEB_DIR / "index.html").read_text()
+
+
+BAR_BESIDE_NUMBER_JS = """
+return [...document.querySelectorAll('#findings tbody td.num:nth-child(2)')].map((td) => {
+  const bar = td.querySelector('.bar').getBoundingClientRect();
+  const range = document.createRange();
+  range.selectNode(td.lastChild);
+  const text = range.getBoundingClientRect();
+  return Math.abs((bar.top + bar.bottom) / 2 - (text.top + text.bottom) / 2) < text.height / 2;
+});
+"""
+
+
+@pytest.mark.browser
+def test_browser_synthetic_model_warns_and_bars_stay_beside_numbers(tmp_path, make_tiny_bundle, shared_data):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"!!! BROWSER TEST SKIPPED: {CHROMIUM} or {CHROMEDRIVER} missing (apt-get install chromium "
+                    "chromium-driver) !!!")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from cxrkit.bundle import SYNTHETIC_WARNING, read_bundle_config, write_bundle_config
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    config = read_bundle_config(bundle)
+    config["provenance"]["synthetic"] = True
+    write_bundle_config(bundle, config)
+    png = shared_data / "nih-sample" / "images" / "00000075_000.png"
+    with serve_in_thread(create_app(bundle, api_key=KEY)) as url:
+        driver = _driver(tmp_path / "profile", size="520,1100")  # a narrow window: where the bars used to wrap
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(url + "/")
+            wait.until(ec.visibility_of_element_located((By.ID, "api-key"))).send_keys(KEY)
+            driver.find_element(By.ID, "file-input").send_keys(str(png))
+            wait.until(lambda d: "PNG 256 x 256" in d.find_element(By.ID, "model").text)
+            banner = driver.find_element(By.ID, "synthetic")
+            assert banner.is_displayed() and banner.text == SYNTHETIC_WARNING
+            quality = driver.find_element(By.ID, "quality")
+            assert "unchecked" in quality.get_attribute("class") and not quality.text.startswith("Quality check passed")
+            assert quality.value_of_css_property("background-color") != "rgba(218, 251, 225, 1)"  # not the green
+            beside = driver.execute_script(BAR_BESIDE_NUMBER_JS)
+            assert len(beside) == 14 and all(beside), beside
+            width = driver.execute_script("return [document.documentElement.scrollWidth, "
+                                          "document.documentElement.clientWidth]")
+            assert width[0] <= width[1], f"the page is wider than the window: {width}"
+            ARTIFACTS.mkdir(exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "web_synthetic.png"))
+        finally:
+            driver.quit()
+            shutil.rmtree(tmp_path / "profile", ignore_errors=True)

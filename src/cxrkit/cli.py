@@ -65,15 +65,30 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.secho("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except _usage_errors() as exc:  # bad option, missing argument, typo'd command: click's short usage message
+        if hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        else:
+            typer.secho(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The exception classes a usage mistake raises in non-standalone mode.
+
+    Recent typer vendors its own click (``typer._click``) whose ``ClickException`` derives from the public
+    ``typer.TyperException``, not from ``click.ClickException``; older typer raises click's own. Catch both.
+    """
+    classes = [getattr(typer, "TyperException", None)]
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:  # a typer that vendors click need not install it
+        pass
+    return tuple(c for c in dict.fromkeys(classes) if c is not None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 from cxrkit.bundle.calibration import apply_calibration
 from cxrkit.bundle.format import BundleError
-from cxrkit.bundle.base import BasePredictor
+from cxrkit.bundle.base import BasePredictor, abnormality_from_probs
 
 ENSEMBLE_METHODS = ("mean", "weighted", "vote", "max")
 _EPS = 1e-6
@@ -57,6 +57,10 @@ class EnsemblePredictor(BasePredictor):
         p = np.clip(p, _EPS, 1 - _EPS)
         logits = np.log(p) - np.log1p(-p)
         probs_out = apply_calibration(logits, self.config.get("calibration"))
+        if not any(_has_normal_head(m) for m in self.members):
+            # no member has a normal/abnormal head: the score is defined as the largest finding probability, and a
+            # mean of the members' maxima could exceed every one of the ensemble's own finding probabilities
+            a = abnormality_from_probs(np.asarray(probs_out, dtype=np.float64))
         return {"logits": logits.astype(np.float32), "probs": probs_out, "abnormality": a.astype(np.float32)}
 
     def to_uint8_batch(self, images) -> torch.Tensor:
@@ -70,6 +74,13 @@ class EnsemblePredictor(BasePredictor):
     def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Each member applies its own training geometry to ``images``; outputs are then combined."""
         return self._combine([m.predict_full(images, batch_size) for m in self.members])
+
+
+def _has_normal_head(member) -> bool:
+    """Whether a member scores abnormality with its own head (nested ensembles: any of theirs)."""
+    if hasattr(member, "members"):
+        return any(_has_normal_head(m) for m in member.members)
+    return bool(((getattr(member, "config", None) or {}).get("model") or {}).get("normal_head"))
 
 
 def load_ensemble(path: str | Path, config: dict, load_bundle, device: str | torch.device = "cpu",

@@ -68,6 +68,8 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
         sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
         tmp = out / f".{WEIGHTS_NAME}.tmp"
         save_file(sd, str(tmp), metadata={"format": BUNDLE_FORMAT})
+        # safetensors creates its file 0600; give it the mode of the bundle's other files (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out / WEIGHTS_NAME)
@@ -76,8 +78,31 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
     return out
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux); 0o022 where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _format_of(path: Path) -> Any:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return config.get("format") if isinstance(config, dict) else None
+
+
 def read_bundle_config(bundle_dir: str | Path) -> dict[str, Any]:
     path = Path(bundle_dir) / CONFIG_NAME
+    inner = Path(bundle_dir) / "bundle" / CONFIG_NAME
+    if inner.is_file() and (not path.is_file() or _format_of(path) != BUNDLE_FORMAT):
+        raise BundleError(f"{bundle_dir} is a training run folder, not a bundle: did you mean "
+                          f"{Path(bundle_dir) / 'bundle'}?")
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a cxrkit bundle: {CONFIG_NAME} not found (cxr train writes bundles "
                           "to RUN_DIR/bundle)")

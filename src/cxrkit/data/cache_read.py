@@ -113,7 +113,13 @@ def open_cache(path: os.PathLike | str) -> Cache:
         raise CacheError(f"cache folder not found: {path}; create it with `cxr prepare SOURCE {path}`")
     manifest = read_manifest(path)
     if manifest is None:
-        raise CacheError(f"{path} holds no cache manifest ({MANIFEST}); create it with `cxr prepare SOURCE {path}`")
+        if any(path.glob("*.csv")) or any(path.glob("*.csv.gz")) or (path / "images").is_dir():
+            # a dataset folder (NIH layout, phantom set, CSV): prepare it into its own cache, not into itself
+            raise CacheError(f"{path} is a dataset folder, not a prepared cache; prepare it first, e.g. "
+                             f"`cxr prepare {path} cache/{path.resolve().name} --size 128`, then pass "
+                             f"cache/{path.resolve().name}")
+        raise CacheError(f"{path} holds no cache manifest ({MANIFEST}); create a cache with "
+                         f"`cxr prepare DATASET {path}` (DATASET: the folder of images and labels)")
     if not manifest.get("complete"):
         raise CacheError(f"cache {path} is incomplete (its preparation was interrupted); run cxr prepare again with "
                          "the same source and size to resume")

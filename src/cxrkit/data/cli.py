@@ -44,8 +44,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         source: Annotated[Path, typer.Argument(help="Dataset folder or label CSV (NIH, CheXpert, CSV, DICOM).")],
         out: Annotated[Path, typer.Argument(help="Cache folder to write (resumed if interrupted).")],
         size: Annotated[int, typer.Option(help="Side of the square cached images, in pixels.")] = 256,
-        format: Annotated[str, typer.Option(help="auto, nih, chexpert, csv or dicom.")] = "auto",
-        workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+        format: Annotated[str, typer.Option(help="Dataset format: auto, nih, chexpert, csv or dicom.")] = "auto",
+        workers: Annotated[Optional[int], typer.Option(help="Decoding processes.", show_default="all cores")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
         overwrite: Annotated[bool, typer.Option(help="Replace a different cache already in OUT.")] = False,
         chunk_rows: Annotated[int, typer.Option(help="Images per resumable unit of work.")] = 64,
@@ -64,7 +64,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @groups["data"].command("summary")
     def summary(
         cache: Annotated[Path, typer.Argument(help="A cache folder made by cxr prepare.")],
-        out: Annotated[Optional[Path], typer.Option(help="Where to write summary.json/.png (default: CACHE).")]
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write summary.json/.png.",
+                                                        show_default="CACHE")]
         = None,
     ) -> None:
         """Prevalence per finding per split, patients, age, sex and view of a cache (table, PNG, JSON)."""
@@ -81,7 +82,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def bench_prepare(
         source: Annotated[Path, typer.Argument(help="Dataset of image files (PNG/JPEG) to prepare.")],
         size: Annotated[int, typer.Option(help="Cache image side.")] = 256,
-        workers: Annotated[Optional[int], typer.Option(help="Processes for both contenders (default: all).")]
+        workers: Annotated[Optional[int], typer.Option(help="Processes for both contenders.", show_default="all cores")]
         = None,
         repeat: Annotated[int, typer.Option(help="Runs per contender (best counts).")] = 1,
     ) -> None:
@@ -98,7 +99,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         cache: Annotated[Path, typer.Argument(help="A cache folder made by cxr prepare.")],
         batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
         epochs: Annotated[int, typer.Option(help="Passes over the cache (best counts).")] = 3,
-        device: Annotated[Optional[str], typer.Option(help="e.g. cuda; default: stay on the CPU.")] = None,
+        device: Annotated[Optional[str], typer.Option(help="Device to load batches onto, e.g. cuda; default: stay on the CPU.")] = None,
         pin_memory: Annotated[Optional[bool], typer.Option("--pin-memory/--no-pin-memory",
                                                            help="Default: on for CUDA.")] = None,
     ) -> None:

@@ -9,6 +9,14 @@ from typing import List, Optional
 import typer
 
 
+def warn_if_synthetic(config: dict) -> None:
+    """One loud stderr line when the bundle was trained on phantom films (its outputs on real films mean nothing)."""
+    from cxrkit.bundle.synthetic import SYNTHETIC_WARNING, trained_on_synthetic
+
+    if trained_on_synthetic(config):
+        typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
+
+
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
@@ -19,17 +27,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("predict")
     def predict_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory (or an exported .onnx with --backend onnx/openvino)"),
-        inputs: List[str] = typer.Argument(..., help="image files, folders (recursive) or glob patterns"),
-        out: Path = typer.Option(..., "--out", "-o", help="results.csv or results.jsonl"),
-        heatmaps: Optional[Path] = typer.Option(None, help="write a heatmap figure per positive finding here"),
-        batch_size: int = typer.Option(32, min=1),
-        device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
-        backend: str = typer.Option("torch", help="torch, onnx or openvino (the last two run BUNDLE/model*.onnx, "
+        bundle: Path = typer.Argument(..., help="Bundle directory (or an exported .onnx with --backend onnx/openvino)"),
+        inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns"),
+        out: Path = typer.Option(..., "--out", "-o", help="Output file: results.csv or results.jsonl"),
+        heatmaps: Optional[Path] = typer.Option(None, help="Write a heatmap figure per positive finding here"),
+        batch_size: int = typer.Option(32, min=1, help="Images per forward pass"),
+        device: str = typer.Option("cpu", help="Device: cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
+        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino (the last two run BUNDLE/model*.onnx, "
                                     "from `cxr export`)"),
-        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8; openvino: fp32/int8/bf16"),
-        workers: int = typer.Option(2, min=1, help="decoding threads"),
-        gate: bool = typer.Option(True, help="apply the bundle's quality gate (--no-gate: header/rule checks only)"),
+        precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino: fp32/int8/bf16"),
+        workers: int = typer.Option(2, min=1, help="Decoding threads"),
+        gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
@@ -63,6 +71,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if not paths:
             raise PredictError(f"no input files found in {inputs}")
         predictor = load_predictor(bundle, backend, device=device, precision=precision)
+        warn_if_synthetic(predictor.config)
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,
@@ -85,13 +94,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("export")
     def export_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory"),
-        format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="default BUNDLE/model.onnx (model.ts)"),
-        int8: bool = typer.Option(False, "--int8", help="also write calibrated static INT8 ONNX (*.int8.onnx)"),
-        calib_cache: Optional[Path] = typer.Option(None, help="prepared cache: INT8 calibration + parity images"),
-        calib_n: int = typer.Option(128, min=8, help="calibration images drawn from the cache's train split"),
-        seed: int = typer.Option(0),
+        bundle: Path = typer.Argument(..., help="Bundle directory"),
+        format: str = typer.Option("onnx", "--format", help="Export format: onnx or torchscript"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file",
+                                           show_default="BUNDLE/model.onnx (model.ts)"),
+        int8: bool = typer.Option(False, "--int8", help="Also write calibrated static INT8 ONNX (*.int8.onnx)"),
+        calib_cache: Optional[Path] = typer.Option(None, help="Prepared cache: INT8 calibration + parity images"),
+        calib_n: int = typer.Option(128, min=8, help="Calibration images drawn from the cache's train split"),
+        seed: int = typer.Option(0, help="Seed of the calibration image draw"),
     ) -> None:
         """Export with an automatic parity check (fp32: max |dp| <= 1e-4 vs the torch predictor, else exit 2)."""
         from cxrkit.deploy.export import cache_images, export
@@ -107,12 +117,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @gate_app.command("fit")
     def gate_fit(
-        bundle: Path = typer.Argument(..., help="bundle directory to store the gate in"),
-        images: List[str] = typer.Argument(..., help="in-distribution frontal chest films: files, folders, globs"),
-        method: str = typer.Option("lr-handcrafted", help="lr-handcrafted, maha-handcrafted, lr-backbone, "
+        bundle: Path = typer.Argument(..., help="Bundle directory to store the gate in"),
+        images: List[str] = typer.Argument(..., help="In-distribution frontal chest films: files, folders, globs"),
+        method: str = typer.Option("lr-handcrafted", help="Gate method: lr-handcrafted, maha-handcrafted, lr-backbone, "
                                    "maha-backbone"),
-        target_fpr: float = typer.Option(0.02, min=0.0, max=0.5, help="fraction of real films expected flagged"),
-        seed: int = typer.Option(0),
+        target_fpr: float = typer.Option(0.02, min=0.0, max=0.5, help="Fraction of real films expected flagged"),
+        seed: int = typer.Option(0, help="Seed of the gate's cross-fitting"),
     ) -> None:
         """Fit the quality gate on chest films and store it in the bundle (quality_gate.safetensors)."""
         from cxrkit.deploy.predict import _safe_decode, expand_inputs
@@ -128,13 +138,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @gate_app.command("eval")
     def gate_eval(
-        bundle: Path = typer.Argument(..., help="bundle (its backbone is used by the *-backbone methods)"),
-        shared_data: Path = typer.Option(Path("../shared/data"), help="the reference data folder"),
-        method: List[str] = typer.Option(["lr-handcrafted"], help="one or more gate methods to compare"),
+        bundle: Path = typer.Argument(..., help="Bundle (its backbone is used by the *-backbone methods)"),
+        shared_data: Path = typer.Option(Path("../shared/data"), help="The reference data folder"),
+        method: List[str] = typer.Option(["lr-handcrafted"], help="One or more gate methods to compare"),
         n_fit: int = typer.Option(200, help="NIH sample films to fit on; the rest are held out"),
-        target_fpr: float = typer.Option(0.02),
-        seed: int = typer.Option(0),
-        save: bool = typer.Option(False, help="store the (first) fitted gate in the bundle"),
+        target_fpr: float = typer.Option(0.02, help="Fraction of real films expected flagged"),
+        seed: int = typer.Option(0, help="Seed of the fit/held-out split and the gate fit"),
+        save: bool = typer.Option(False, help="Store the (first) fitted gate in the bundle"),
     ) -> None:
         """Fit on n_fit NIH films, measure AUROC of held-out real chest films vs out-of-distribution images."""
         from cxrkit.bundle import load_bundle
@@ -156,19 +166,20 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["bench"].command("infer")
     def bench_infer(
-        bundle: Optional[Path] = typer.Option(None, help="bundle to time (default: a random DenseNet-121 built "
-                                              "in --workdir)"),
-        images: Optional[Path] = typer.Option(None, help="folder of input images (default: generated PNGs)"),
-        workdir: Path = typer.Option(Path("runs/bench_infer"), help="where the bench bundle/PNGs/exports go"),
-        device: str = typer.Option("cpu", help="cpu: latency + img/s per backend; cuda: batch img/s"),
-        size: int = typer.Option(224), n: int = typer.Option(64, help="images for latency/throughput"),
+        bundle: Optional[Path] = typer.Option(None, help="Bundle to time",
+                                              show_default="a random DenseNet-121 built in --workdir"),
+        images: Optional[Path] = typer.Option(None, help="Folder of input images",
+                                              show_default="generated PNGs"),
+        workdir: Path = typer.Option(Path("runs/bench_infer"), help="Where the bench bundle/PNGs/exports go"),
+        device: str = typer.Option("cpu", help="Device: cpu: latency + img/s per backend; cuda: batch img/s"),
+        size: int = typer.Option(224, help="Model input side in px"), n: int = typer.Option(64, help="Images for latency/throughput"),
         threads: int = typer.Option(0, help="CPU threads (0: all cores)"),
-        backends: Optional[List[str]] = typer.Option(None, help="BACKEND-PRECISION, repeatable (default: "
-                                                     "torch-fp32, onnx-fp32, onnx-int8, and openvino-fp32/int8/bf16 "
-                                                     "when openvino is installed)"),
-        batch_size: int = typer.Option(256, help="GPU batch"), compile: bool = typer.Option(True),
+        backends: Optional[List[str]] = typer.Option(None, help="BACKEND-PRECISION, repeatable",
+                                                     show_default="torch-fp32, onnx-fp32, onnx-int8, and "
+                                                     "openvino-fp32/int8/bf16 when openvino is installed"),
+        batch_size: int = typer.Option(256, help="GPU batch"), compile: bool = typer.Option(True, help="Compile the GPU model with torch.compile"),
         precision: str = typer.Option("bf16", help="GPU precision"),
-        cache: Optional[Path] = typer.Option(None, help="prepared cache: INT8 calibration (train) and the AUROC "
+        cache: Optional[Path] = typer.Option(None, help="Prepared cache: INT8 calibration (train) and the AUROC "
                                              "change fp32 -> int8 on its test split"),
     ) -> None:
         """Inference speed: GPU batch img/s, or CPU p50/p99 single-image latency and img/s per backend."""

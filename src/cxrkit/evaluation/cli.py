@@ -20,7 +20,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         bundle: Annotated[Path, typer.Argument(help="Model bundle (or ensemble bundle) directory.")],
         cache: Annotated[Path, typer.Argument(help="Cache folder made by cxr prepare.")],
         split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
-        out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.html.")] = Path("eval"),
+        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and report.html.")] = Path("eval"),
         n_boot: Annotated[int, typer.Option(help="Patient-bootstrap replicates for the 95% CIs.")] = 1000,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the triage simulation.")] = 0,
         val_split: Annotated[str, typer.Option(help="Split the operating points / calibration are fitted on.")]
@@ -39,7 +39,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         = True,
         localisation: Annotated[bool, typer.Option(help="Localisation scores when the cache has boxes.")] = True,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+        device: Annotated[str, typer.Option(help="Device: cpu, cuda, cuda:1 ...")] = "cpu",
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
         """Metrics with patient-clustered 95% CIs, subgroups, calibration, triage and a self-contained HTML report."""
@@ -66,8 +66,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("ensemble")
     def ensemble_cmd(
         bundles: Annotated[list[Path], typer.Argument(help="Two or more member bundles.")],
-        out: Annotated[Path, typer.Option(help="Ensemble bundle directory to write.")],
-        method: Annotated[str, typer.Option(help="mean, weighted, vote or max.")] = "mean",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble bundle directory to write.")],
+        method: Annotated[str, typer.Option(help="Combination: mean, weighted, vote or max.")] = "mean",
         cache: Annotated[Optional[Path], typer.Option(help="Cache whose validation split fits weights and "
                                                           "thresholds.")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace a non-empty OUT.")] = False,
@@ -95,10 +95,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         readers: Annotated[int, typer.Option(help="Radiologists reading in parallel.")] = 2,
         arrival_rate: Annotated[float, typer.Option(help="Poisson arrivals per hour.")] = 20.0,
         read_minutes: Annotated[float, typer.Option(help="Mean reading time per case (minutes).")] = 5.0,
-        read_dist: Annotated[str, typer.Option(help="lognormal or exponential.")] = "lognormal",
+        read_dist: Annotated[str, typer.Option(help="Reading-time distribution: lognormal or exponential.")] = "lognormal",
         hours: Annotated[float, typer.Option(help="Hours of arrivals simulated.")] = 100.0,
         seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
-        out: Annotated[Path, typer.Option(help="Folder for triage.json and triage.png.")] = Path("triage"),
+        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for triage.json and triage.png.")] = Path("triage"),
     ) -> None:
         """Reading-worklist simulation: FIFO vs priority by abnormality score (abnormal-case turnaround)."""
         import numpy as np

@@ -43,7 +43,7 @@ def build_ensemble(bundles: Sequence[str | Path], out: str | Path, *, method: st
     (Youden J per finding) are fitted on its ``split`` split; without it, thresholds are the members' mean (0.5 for
     ``vote``) and ``weighted`` is refused.
     """
-    from cxrkit.bundle import load_bundle, read_bundle_config, write_bundle_config
+    from cxrkit.bundle import load_bundle, read_bundle_config, trained_on_synthetic, write_bundle_config
     from cxrkit.evaluation.operating import choose_threshold
     from cxrkit.evaluation.predict import predict_rows
 
@@ -78,7 +78,8 @@ def build_ensemble(bundles: Sequence[str | Path], out: str | Path, *, method: st
         "ensemble": {"method": method, "members": members, "weights": [1.0 / len(members)] * len(members),
                      "sources": [str(b) for b in bundles]},
         "provenance": {"members": [c.get("provenance", {}) for c in configs],
-                       "data_source": first.get("provenance", {}).get("data_source")},
+                       "data_source": first.get("provenance", {}).get("data_source"),
+                       "synthetic": any(trained_on_synthetic(c) for c in configs)},
         "metrics": {},
     }
     if cache is None:

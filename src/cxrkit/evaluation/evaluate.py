@@ -237,13 +237,16 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
                               split, out_dir or "OUT", n_boot, seed, val_split, calibrate,
                               getattr(compare, "path", compare), adjudicated, triage)
     model = pred.config.get("model") or {}
+    from cxrkit.bundle.synthetic import trained_on_synthetic
+
     metrics = {
         "notice": RESEARCH_NOTICE, "cxrkit_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": cmd,
         "label_names": names, "split": split,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "unit": "patient", "interval": "percentile 95%"},
         "bundle": {"path": str(getattr(pred, "path", "")), "arch": model.get("arch"),
-                   "ensemble": pred.config.get("ensemble"), "thresholds_source": thr_source},
+                   "ensemble": pred.config.get("ensemble"), "thresholds_source": thr_source,
+                   "trained_on_synthetic": trained_on_synthetic(pred.config)},
         "data": data,
         **summary,
         "calibration": calib, "subgroups": subgroups, "triage": tri, "published": published,

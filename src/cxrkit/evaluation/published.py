@@ -38,6 +38,7 @@ def published_comparison(per_class: dict, label_names: Sequence[str], *, data_so
         for sid, st in table["studies"].items():
             v = st["auroc"].get(name)
             row[sid] = v
-            row[f"{sid}_diff"] = None if v is None or ours is None else ours - v
+            # no difference against a study that used other images (or against synthetic data)
+            row[f"{sid}_diff"] = None if v is None or ours is None or not studies[sid]["comparable"] else ours - v
         rows.append(row)
     return {"note": table["note"], "studies": studies, "rows": rows}

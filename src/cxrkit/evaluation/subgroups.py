@@ -61,7 +61,12 @@ def underdiagnosis(Y: np.ndarray, S: np.ndarray, thresholds: np.ndarray, boot: C
     has = (np.nan_to_num(Y[idx], nan=0.0) >= 0.5).any(axis=1)
     point = _underdiagnosis(Y[idx], pred_any[idx], np.ones((1, len(idx))))[0]
     reps = boot.apply(_underdiagnosis, Y, pred_any, idx=idx) if boot.n_boot else np.zeros(0)
-    return {**with_ci("underdiagnosis_rate", point, reps), "n_with_finding": int(has.sum())}, reps
+    # context for a rate of 0: a model that flags some finding on (nearly) every image cannot underdiagnose
+    no_pred = ~pred_any[idx]
+    normal = ~has
+    context = {"predicted_no_finding_share": float(no_pred.mean()) if len(idx) else None,
+               "normal_predicted_normal_share": float(no_pred[normal].mean()) if normal.any() else None}
+    return {**with_ci("underdiagnosis_rate", point, reps), "n_with_finding": int(has.sum()), **context}, reps
 
 
 def _gap(point: float | None, overall: float | None, reps: np.ndarray, overall_reps: np.ndarray) -> dict:

@@ -97,14 +97,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         images: List[Path] = typer.Argument(..., help="PNG, JPEG or DICOM files."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
                                  f"{RESULTS_NAME}, index.html."),
-        method: str = typer.Option("auto", help="auto | cam | gradcam | gradcam++ | attention"),
+        method: str = typer.Option("auto", help="Method: auto | cam | gradcam | gradcam++ | attention"),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
-                                               "Effusion,Cardiomegaly (default: the top-k by probability)."),
-        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings "
-                                            "(default 3)."),
+                                               "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
+        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings.",
+                                            show_default="3"),
         box_threshold: str = typer.Option("0.5", help="Boxes cover pixels >= this fraction of the map's peak, or "
                                           "'otsu'."),
-        device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+        device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     ) -> None:
         """Heatmaps with boxes for each finding, a JSON of boxes and probabilities, and an index.html sheet."""
         import json
@@ -113,7 +113,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from rich.progress import Progress
 
         from cxrkit import RESEARCH_NOTICE
-        from cxrkit.bundle import load_bundle
+        from cxrkit.bundle import SYNTHETIC_WARNING, load_bundle, trained_on_synthetic
         from cxrkit.data.errors import CxrError
         from cxrkit.explain.boxes import ExplainError
         from cxrkit.explain.cam import concrete_method, finding_indices
@@ -124,6 +124,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if findings and top_k:
             raise ExplainError("give either --findings or --top-k, not both")
         predictor = load_bundle(bundle, device=device)
+        synthetic = trained_on_synthetic(predictor.config)
+        if synthetic:
+            typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
         chosen = [f.strip() for f in findings.split(",") if f.strip()] if findings else None
         if chosen is not None:
             finding_indices(predictor, chosen)  # unknown names fail before any work
@@ -154,7 +157,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 bar.advance(task)
         (out / RESULTS_NAME).write_text(json.dumps({"notice": RESEARCH_NOTICE, "request": request,
                                                     "images": records}, indent=2))
-        (out / "index.html").write_text(contact_sheet_html(entries, title=f"cxrkit explanations ({bundle})"))
+        (out / "index.html").write_text(contact_sheet_html(entries, title=f"cxrkit explanations ({bundle})",
+                                                                   warning=SYNTHETIC_WARNING if synthetic else None))
         n_bad = sum("error" in r for r in records)
         typer.echo(f"explained {len(records) - n_bad} image(s), skipped {n_bad}; wrote {out / 'index.html'} and "
                    f"{out / RESULTS_NAME}")

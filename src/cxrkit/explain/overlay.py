@@ -103,7 +103,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def contact_sheet_html(entries: Sequence[dict], title: str = "cxrkit explanations") -> str:
+def contact_sheet_html(entries: Sequence[dict], title: str = "cxrkit explanations", warning: str | None = None) -> str:
     """A self-contained HTML page (relative image links) with one row per image.
 
     ``entries``: ``{"image": name, "error": str | None, "figures": [{"finding", "prob", "png" (relative path),
@@ -127,6 +127,7 @@ padding:4px;text-align:left}} .notice{{background:#fee;padding:.5em;border:1px s
 </head><body>
 <h1>{esc(title)}</h1>
 <p class="notice">{esc(RESEARCH_NOTICE)}</p>
+{f'<p class="notice"><b>{esc(warning)}</b></p>' if warning else ""}
 <table>
 {chr(10).join(rows)}
 </table>

@@ -75,7 +75,8 @@ class TrainConfig:
     @classmethod
     def demo_preset(cls, **overrides: Any) -> "TrainConfig":
         """The CPU demo recipe ("cpu-demo", docs/training.md): the small ``cxr_tiny`` CNN at 160 px, 20 epochs of a
-        3,000-image 160-px phantom set: phantom test mean AUROC 0.90-0.93 in about four minutes on two shared cores."""
+        3,000-image 160-px phantom set: phantom test mean AUROC 0.925-0.934 after 4 min 05 s - 4 min 17 s of training on
+        the idle 2-core dev VM (docs/benchmarks.md, "The demo"); slower in proportion when the cores are shared."""
         base = dict(arch="cxr_tiny", image_size=160, epochs=20, batch_size=32, accum_steps=1, lr=1e-3,
                     lr_schedule="cosine", early_stop_patience=None, precision="fp32", channels_last=False,
                     rotate_deg=5.0, translate=0.04, scale=0.04, preset="cpu-demo")

@@ -34,6 +34,15 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def _trained_on_synthetic_rows(cache, cfg: TrainConfig) -> bool:
+    """Whether any training or validation row of the cache is synthetic (its ``source`` column, e.g. "phantom")."""
+    from cxrkit.bundle.synthetic import sources_are_synthetic
+
+    index = cache.index
+    rows = index["split"].isin([cfg.train_split, cfg.val_split]) if "split" in index else slice(None)
+    return sources_are_synthetic(set(index.loc[rows, "source"])) if "source" in index else False
+
+
 def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Path:
     """Load the best weights into the model and save the bundle with thresholds chosen on validation."""
     from safetensors.torch import load_file
@@ -51,6 +60,7 @@ def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Pa
         "git_commit": git_commit(),
         "data_manifest_hash": cache.manifest.get("content_hash"),
         "data_source": cache.manifest.get("source"),
+        "synthetic": _trained_on_synthetic_rows(cache, cfg),
         "data_cache": str(Path(cache.path).resolve()),
         "package_versions": package_versions(),
         "train_config": cfg.to_dict(),

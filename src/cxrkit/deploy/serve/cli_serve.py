@@ -24,30 +24,33 @@ def require_serve_extra(extra: tuple[str, ...] = ()) -> None:
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("serve")
     def serve_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory (with --backend onnx: its model.onnx is used)"),
-        host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
-        port: int = typer.Option(8000, min=1, max=65535),
+        bundle: Path = typer.Argument(..., help="Bundle directory (with --backend onnx: its model.onnx is used)"),
+        host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)"),
+        port: int = typer.Option(8000, min=1, max=65535, help="TCP port to listen on, 1-65535"),
         api_key: Optional[str] = typer.Option(None, help="API key clients send in X-API-Key (visible to other users "
-                                              "in `ps`: prefer $CXR_API_KEY or --api-key-file)", show_default=False),
-        api_key_file: Optional[Path] = typer.Option(None, help="read the API key from this file (first line)"),
-        no_auth: bool = typer.Option(False, "--no-auth", help="no API key; only allowed on a loopback --host"),
-        max_batch: int = typer.Option(16, min=1, help="micro-batch size limit (1: batching off)"),
-        max_wait_ms: float = typer.Option(10.0, min=0.0, help="how long a batch waits to fill"),
-        max_upload_mb: float = typer.Option(20.0, min=0.001, help="request body limit (413 above it)"),
-        timeout_s: float = typer.Option(30.0, min=0.01, help="per-request limit (504 after it)"),
-        max_queue: int = typer.Option(256, min=1, help="requests allowed to wait for the model (503 beyond)"),
-        max_inflight_mb: float = typer.Option(256.0, min=1.0, help="upload bytes held by requests in progress "
+                                              "in `ps`: prefer $CXR_API_KEY or --api-key-file)",
+                                              show_default="$CXR_API_KEY"),
+        api_key_file: Optional[Path] = typer.Option(None, help="Read the API key from this file (first line)"),
+        no_auth: bool = typer.Option(False, "--no-auth", help="No API key; only allowed on a loopback --host"),
+        max_batch: int = typer.Option(16, min=1, help="Micro-batch size limit (1: batching off)"),
+        max_wait_ms: float = typer.Option(10.0, min=0.0, help="How long a batch waits to fill"),
+        max_upload_mb: float = typer.Option(20.0, min=0.001, help="Request body limit (413 above it)"),
+        timeout_s: float = typer.Option(30.0, min=0.01, help="Per-request limit (504 after it)"),
+        max_queue: int = typer.Option(256, min=1, help="Requests allowed to wait for the model (503 beyond)"),
+        max_inflight_mb: float = typer.Option(256.0, min=1.0, help="Upload bytes held by requests in progress "
                                               "(503 beyond)"),
-        max_heatmaps: int = typer.Option(2, min=1, help="heatmap requests in progress at once (503 beyond)"),
-        max_connections: int = typer.Option(512, min=1, help="open connections (more: 503 and closed)"),
-        header_timeout_s: float = typer.Option(10.0, min=0.1, help="time to send the request headers (408 after)"),
-        body_timeout_s: float = typer.Option(60.0, min=0.1, help="time to send the request body (408 after)"),
-        workers: int = typer.Option(1, min=1, help="server processes (each loads the model)"),
-        backend: str = typer.Option("torch", help="torch, onnx or openvino (the last two run BUNDLE/model*.onnx)"),
-        device: str = typer.Option("cpu", help="cpu or cuda"),
-        precision: str = typer.Option("fp32", help="torch: fp32/bf16/fp16; onnx: fp32/int8; openvino: fp32/int8/bf16"),
-        log_level: str = typer.Option("info", help="debug, info, warning or error"),
-        worklist: Optional[Path] = typer.Option(None, help="a `cxr node` --spool folder: serve its triaged worklist "
+        max_heatmaps: int = typer.Option(2, min=1, help="Heatmap requests in progress at once (503 beyond)"),
+        max_connections: int = typer.Option(512, min=1, help="Open connections (more: 503 and closed)"),
+        header_timeout_s: float = typer.Option(10.0, min=0.1, help="Time to send the request headers (408 after)"),
+        body_timeout_s: float = typer.Option(60.0, min=0.1, help="Time to send the request body (408 after)"),
+        workers: int = typer.Option(1, min=1, help="Server processes (each loads the model)"),
+        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino (the last two run "
+                                    "BUNDLE/model*.onnx)"),
+        device: str = typer.Option("cpu", help="Device: cpu or cuda"),
+        precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino "
+                                      "fp32/int8/bf16"),
+        log_level: str = typer.Option("info", help="Log level: debug, info, warning or error"),
+        worklist: Optional[Path] = typer.Option(None, help="A `cxr node` --spool folder: serve its triaged worklist "
                                                 "(GET /v1/worklist and the page's Worklist tab)", show_default=False),
     ) -> None:
         """Serve a bundle over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics and a web page at /
@@ -63,6 +66,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import uvicorn
 
         from cxrkit import RESEARCH_NOTICE
+        from cxrkit.bundle import SYNTHETIC_WARNING, read_bundle_config, trained_on_synthetic
         from cxrkit.deploy.serve.app import CONFIG_ENV, MB, create_app
         from cxrkit.deploy.serve.auth import API_KEY_ENV, read_key_file, resolve_api_key
         from cxrkit.deploy.serve.engine import quiet_decoder_logs
@@ -90,7 +94,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                     "max_inflight_bytes": int(max_inflight_mb * MB), "max_heatmaps": max_heatmaps,
                     "body_timeout_s": body_timeout_s, "body_idle_timeout_s": min(10.0, body_timeout_s)}
         http = guarded_protocol(HttpLimits(header_timeout_s=header_timeout_s, max_connections=max_connections))
+        # the bundle is loaded (or at least its config checked) before anything says "serving"
+        app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings) \
+            if workers == 1 else read_bundle_config(bundle)
         typer.secho(RESEARCH_NOTICE, fg=typer.colors.YELLOW, err=True)
+        config = app_obj if isinstance(app_obj, dict) else app_obj.state.service.predictor.config
+        if trained_on_synthetic(config):
+            typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
         auth = "API key required (X-API-Key)" if key else "NO AUTH: anything reaching this loopback port, port " \
             "forwards included"
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
@@ -98,7 +108,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
                       http=http)
         if workers == 1:
-            app_obj = create_app(bundle, api_key=key, allow_no_auth_localhost=key is None, **settings)
             uvicorn.run(app_obj, **common)
             return
         # Worker processes build their own app from the environment (uvicorn needs an import string for them).
@@ -109,18 +118,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["bench"].command("serve")
     def bench_serve_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory"),
-        duration: float = typer.Option(60.0, min=1.0, max=3600.0, help="seconds of load per mode"),
-        concurrency: int = typer.Option(8, min=1, max=256, help="clients sending back to back"),
-        image: Optional[Path] = typer.Option(None, help="PNG/JPEG/DICOM to send (default: a synthetic 1024-px film)"),
-        max_batch: int = typer.Option(16, min=2, help="batch limit of the batched mode"),
-        max_wait_ms: float = typer.Option(10.0, min=0.0),
-        modes: str = typer.Option("batched,unbatched", help="comma-separated: batched, unbatched"),
-        max_requests: int = typer.Option(1_000_000, min=1, help="stop a mode after this many requests"),
-        backend: str = typer.Option("torch", help="torch, onnx or openvino"),
-        device: str = typer.Option("cpu", help="cpu or cuda (the server's device)"),
-        precision: str = typer.Option("fp32", help="as for cxr serve --precision"),
-        out: Optional[Path] = typer.Option(None, help="write the results JSON here (a .md table beside it)"),
+        bundle: Path = typer.Argument(..., help="Bundle directory"),
+        duration: float = typer.Option(60.0, min=1.0, max=3600.0, help="Seconds of load per mode"),
+        concurrency: int = typer.Option(8, min=1, max=256, help="Clients sending back to back"),
+        image: Optional[Path] = typer.Option(None, help="PNG/JPEG/DICOM to send",
+                                        show_default="a synthetic 1024-px film"),
+        max_batch: int = typer.Option(16, min=2, help="Batch limit of the batched mode"),
+        max_wait_ms: float = typer.Option(10.0, min=0.0, help="How long a batch waits to fill"),
+        modes: str = typer.Option("batched,unbatched", help="Comma-separated: batched, unbatched"),
+        max_requests: int = typer.Option(1_000_000, min=1, help="Stop a mode after this many requests"),
+        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino"),
+        device: str = typer.Option("cpu", help="Device: cpu or cuda (the server's device)"),
+        precision: str = typer.Option("fp32", help="As for cxr serve --precision"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here (a .md table beside it)"),
     ) -> None:
         """Throughput, p50/p99 latency and server memory under sustained loopback load, micro-batching on vs off.
 

@@ -205,4 +205,13 @@ class ModelService:
             "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if not isinstance(v, (dict, list))},
             "service_version": __version__,
             "notice": RESEARCH_NOTICE,
+            **self.synthetic_fields(),
         }
+
+    def synthetic_fields(self) -> dict[str, Any]:
+        """``synthetic_training_data`` and its ``warning`` (None for a real-data model), in every JSON answer."""
+        from cxrkit.bundle.synthetic import SYNTHETIC_WARNING, trained_on_synthetic
+
+        synthetic = trained_on_synthetic(self.predictor.config)
+        return {"synthetic_training_data": synthetic, "warning": SYNTHETIC_WARNING if synthetic else None}
+

@@ -54,6 +54,11 @@ def add_routes(app: FastAPI) -> None:
         return FileResponse(web / "index.html", media_type="text/html",
                             headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # browsers and proxies ask for /favicon.ico whatever the page links; answer it rather than log a 404
+        return FileResponse(web / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz(request: Request) -> dict:
         """The process is alive (and whether the API needs a key)."""
@@ -138,6 +143,7 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
                   "height": int(meta.get("orig_height", image.shape[0]))},
         "heatmaps": None,
         "timing_ms": {"decode": _ms(t0, t1), "queue_and_model": _ms(t1, t2)},
+        **state.service.synthetic_fields(),
     }
     if heatmap:
         response["heatmaps"] = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)

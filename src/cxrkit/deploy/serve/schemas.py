@@ -52,6 +52,8 @@ class PredictResponse(BaseModel):
     image: ImageInfo
     heatmaps: Optional[Heatmaps] = None
     timing_ms: Dict[str, float]
+    synthetic_training_data: bool = Field(False, description="the model was trained on synthetic phantom films")
+    warning: Optional[str] = Field(None, description="set when the findings must not be read as real ones")
 
 
 class ModelInfo(BaseModel):
@@ -70,6 +72,8 @@ class ModelInfo(BaseModel):
     metrics: Dict[str, Any]
     service_version: str
     notice: str
+    synthetic_training_data: bool = False
+    warning: Optional[str] = None
 
 
 class Health(BaseModel):

@@ -6,13 +6,16 @@ from html import escape
 from typing import Sequence
 
 from cxrkit import RESEARCH_NOTICE
+from cxrkit.bundle.synthetic import SYNTHETIC_WARNING
 from cxrkit.evaluation.operating import POLICY_TITLES
 
 PHANTOM_WARNING = "synthetic data — not clinical performance"
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;
 padding:0 1em;color:#222}h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:right;white-space:nowrap}th{background:#f3f3f3}td.l,th.l{text-align:left}
+text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}
+td.l,th.l{text-align:left}.tw{max-width:100%;overflow-x:auto}.legend{font-size:.85em}
+.sw{display:inline-block;width:1.6em;height:.9em;border:2px solid;vertical-align:middle;background:#4a6fa5}
 .notice{background:#fff4e5;border:1px solid #f0a040;padding:.6em 1em}
 .warn{background:#fde8e8;border:2px solid #c33;padding:.6em 1em;font-weight:bold;font-size:1.1em}
 code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
@@ -36,7 +39,12 @@ def with_ci(entry: dict, key: str, digits: int = 3) -> str:
     lo, hi = entry.get(f"{key}_ci_low"), entry.get(f"{key}_ci_high")
     if lo is None or hi is None:
         return fmt(v, digits)
-    return f"{fmt(v, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+    return f"{fmt(v, digits)} ({ci_range(lo, hi, digits)})"
+
+
+def ci_range(lo, hi, digits: int = 3) -> str:
+    """``lo to hi``: a dash between two numbers that may be negative reads as a minus sign ("-0.08--0.03")."""
+    return f"{fmt(lo, digits)} to {fmt(hi, digits)}"
 
 
 def img(png: bytes | None, alt: str) -> str:
@@ -51,7 +59,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -
                 for i, x in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td class="l">{escape(str(c))}</td>' if i < left else f"<td>{escape(str(c))}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+    # wide tables scroll inside their own box instead of widening the page
+    return f'<div class="tw"><table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _per_class(m: dict) -> str:
@@ -82,6 +91,16 @@ def _subgroups(sg: dict) -> str:
     parts = [f"<p>Underdiagnosis rate overall (predicted no finding although at least one finding is labelled; "
              f"thresholds: {escape(sg.get('thresholds', ''))}): "
              f"{escape(with_ci(sg['overall_underdiagnosis'], 'underdiagnosis_rate'))}</p>"]
+    ud = sg["overall_underdiagnosis"]
+    share = ud.get("predicted_no_finding_share")
+    if ud.get("underdiagnosis_rate") == 0 and share is not None:
+        normal = ud.get("normal_predicted_normal_share")
+        parts.append(f"<p>The rate is 0 because the model predicts at least one finding on "
+                     f"{fmt(100 * (1 - share), 1)}% of all images at these thresholds (one threshold per finding, each "
+                     f"set for sensitivity on validation): it almost never says &quot;no finding&quot;, so it cannot "
+                     f"miss an abnormal image. That is not good performance: only "
+                     f"{fmt(None if normal is None else 100 * normal, 1)}% of the images without any finding were "
+                     f"predicted normal.</p>")
     rows = []
     for dim, groups in sg["dimensions"].items():
         for g, e in groups.items():
@@ -109,10 +128,15 @@ def _published(pub: dict) -> str:
         parts.append(f"<li><b>{escape(st['name'])}</b> — {escape(verdict)}: {escape(st['reason'])}. "
                      f"Split: {escape(st['split'])}. <i>{escape(st['citation'])}</i></li>")
     parts.append("</ul>")
+    # a difference is only shown against a study it can be compared with
+    diff = [s for s in studies if studies[s]["comparable"]]
     header = ["finding", "this model"] + [f"{studies[s]['name']}" for s in studies] + \
-             [f"difference vs {s}" for s in studies]
-    rows = [[r["finding"], fmt(r["ours"])] + [fmt(r[s]) for s in studies] + [fmt(r[f"{s}_diff"]) for s in studies]
+             [f"difference vs {studies[s]['name']}" for s in diff]
+    rows = [[r["finding"], fmt(r["ours"])] + [fmt(r[s]) for s in studies] + [fmt(r[f"{s}_diff"]) for s in diff]
             for r in pub["rows"]]
+    if not diff:
+        parts.append("<p>No study is comparable, so no differences are shown: the published values are context "
+                     "only.</p>")
     parts.append(table(header, rows))
     return "".join(parts)
 
@@ -144,10 +168,10 @@ def _comparison(cmp: dict | None) -> str:
             rows.append([name, "", "", "", e["reason"]])
             continue
         d, b = e["delong"], e["paired_bootstrap"]
-        rows.append([name, fmt(b["diff"]), f"{fmt(b['ci_low'])}–{fmt(b['ci_high'])}", fmt(b["p_value"]),
+        rows.append([name, fmt(b["diff"]), ci_range(b['ci_low'], b['ci_high']), fmt(b["p_value"]),
                      f"DeLong p = {fmt(d.get('p_value'), 4)}"])
     m = cmp["mean_auroc"]
-    rows.append(["mean AUROC", fmt(m["diff"]), f"{fmt(m['ci_low'])}–{fmt(m['ci_high'])}", fmt(m["p_value"]), ""])
+    rows.append(["mean AUROC", fmt(m["diff"]), ci_range(m['ci_low'], m['ci_high']), fmt(m["p_value"]), ""])
     return (f"<p>{escape(cmp['note'])}. Compared bundle: <code>{escape(str(cmp.get('other', '')))}</code>.</p>" +
             table(["finding", "AUROC difference", "paired bootstrap 95% CI", "bootstrap p", "DeLong"], rows))
 
@@ -203,7 +227,11 @@ def _gallery(gallery) -> str:
     figs = "".join(f"<figure>{img(g['png_bytes'], g['finding'])}<figcaption>{escape(g['finding'])} — "
                    f"{'true' if g['kind'] == 'TP' else 'false'} positive, p = {fmt(g['prob'])}</figcaption></figure>"
                    for g in gallery)
-    return f'<div class="gallery">{figs}</div>'
+    legend = ('<p class="legend">Heatmap colours: jet scale, red = strongest evidence for the finding. '
+              '<span class="sw" style="border-color:#fff"></span> white boxes: regions the heatmap marks (pixels '
+              'at or above the box threshold of its peak); <span class="sw" style="border-color:#0f0"></span> '
+              "green boxes: the radiologist's ground-truth box for that finding, where the dataset has one.</p>")
+    return f'{legend}<div class="gallery">{figs}</div>'
 
 
 def _model_card(m: dict) -> str:
@@ -217,7 +245,7 @@ def _model_card(m: dict) -> str:
            "Operating points were chosen on the validation split and may not transfer to other prevalences."]
     if phantom:
         lim.insert(0, "The data are synthetic phantoms: these numbers say nothing about clinical performance.")
-    items = [("Intended use", "Research only. " + RESEARCH_NOTICE),
+    items = [("Intended use", RESEARCH_NOTICE),
              ("Model", f"{bundle.get('arch', 'ensemble' if bundle.get('ensemble') else 'n/a')}; bundle "
                        f"{bundle.get('path', 'n/a')}; {len(m.get('label_names', []))} findings"),
              ("Data", f"cache {data.get('cache', 'n/a')} (source {data.get('source', 'n/a')}), split "
@@ -238,6 +266,8 @@ def render_report(m: dict, figures: dict[str, bytes | None], gallery, command: s
     saying why heatmaps are unavailable; ``command``: the CLI line that reproduces every number."""
     phantom = m.get("data", {}).get("is_phantom")
     warn = f'<p class="warn">{escape(PHANTOM_WARNING)}</p>' if phantom else ""
+    if m.get("bundle", {}).get("trained_on_synthetic"):
+        warn += f'<p class="warn">{escape(SYNTHETIC_WARNING)}</p>'
     cal = m.get("calibration", {})
     cal_text = (f"Mean expected calibration error (ECE, {cal.get('n_bins')} equal-width bins): "
                 f"{fmt(cal.get('mean_ece'))}. Calibration applied: "

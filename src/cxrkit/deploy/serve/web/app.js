@@ -64,10 +64,18 @@
 
   function render(res) {
     $("notice").textContent = res.notice;
+    $("synthetic").hidden = !res.warning;
+    $("synthetic").textContent = res.warning || "";
     const q = $("quality");
-    q.className = "quality " + (res.quality.ok ? "ok" : "bad");
-    q.textContent = (res.quality.ok ? "Quality check passed: " : "Quality check FAILED - results unreliable: ") +
-      res.quality.reason;
+    // a pass is only green when a fitted gate scored the image; basic checks alone are not a quality check
+    const gated = res.quality.score !== null && res.quality.score !== undefined;
+    const verdict = !res.quality.ok ? "bad" : gated ? "ok" : "unchecked";
+    q.className = "quality " + verdict;
+    q.textContent = {
+      ok: "Quality check passed: ",
+      unchecked: "Not quality-checked (no gate fitted): ",
+      bad: "Quality check FAILED - results unreliable: ",
+    }[verdict] + res.quality.reason;
     $("abnormality").textContent = "Abnormality score: " + res.abnormality.toFixed(3) +
       "  (" + res.positive_findings.length + " finding(s) above threshold)";
     $("model").textContent = "Model " + res.model_id + ", version " + res.model_version + "; image " +

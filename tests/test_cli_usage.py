@@ -1,0 +1,53 @@
+"""Usage mistakes through the installed `cxr` script: click's short usage message, exit 2, never a traceback."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _cxr() -> str:
+    beside = Path(sys.executable).with_name("cxr")
+    found = str(beside) if beside.is_file() else shutil.which("cxr")
+    if not found:
+        pytest.fail("the `cxr` console script is not installed (pip install -e .)")
+    return found
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+               COLUMNS="100", NO_COLOR="1")
+    return subprocess.run([_cxr(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, usage, message", [
+    (("train", "cache/phantom"), "Usage: cxr train", "Missing option '--out'"),
+    (("train", "cache/phantom", "--epoch", "3", "--out", "runs/r1"), "Usage: cxr train", "No such option: --epoch"),
+    (("serve", "runs/r1/bundle", "--port", "99999"), "Usage: cxr serve", "'--port'"),
+    (("trian",), "Usage: cxr ", "Did you mean 'train'?"),
+    (("predict", "--frobnicate"), "Usage: cxr predict", "No such option: --frobnicate"),
+])
+def test_usage_error_is_short_and_exits_2(tmp_path, args, usage, message):
+    proc = _run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert usage in proc.stderr and message in proc.stderr
+    assert f"Try 'cxr" in proc.stderr
+    assert len(proc.stderr.splitlines()) <= 8, proc.stderr
+
+
+def test_epoch_typo_suggests_epochs(tmp_path):
+    proc = _run("train", "c", "--out", "r", "--epoch", "3", cwd=tmp_path)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr.split("Error:")[1]
+
+
+def test_cxr_error_is_one_line_exit_2(tmp_path):
+    proc = _run("data", "summary", str(tmp_path / "missing"), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
