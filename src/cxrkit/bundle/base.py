@@ -61,3 +61,9 @@ class BasePredictor:
 
     def positives(self, probs: np.ndarray) -> np.ndarray:
         return probs >= self.thresholds
+
+
+def abnormality_from_probs(probs: np.ndarray) -> np.ndarray:
+    """Abnormality score without a dedicated head: the largest per-finding probability (a film is abnormal when
+    any finding is present; max keeps the score on the findings' own probability scale)."""
+    return probs.max(axis=1) if probs.shape[1] else np.zeros(len(probs), np.float32)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.bundle.base import BasePredictor
+from cxrkit.bundle.base import BasePredictor, abnormality_from_probs  # noqa: F401 - re-exported
 from cxrkit.bundle.calibration import apply_calibration
 from cxrkit.bundle.format import BundleError, read_bundle_config, read_bundle_weights
 from cxrkit.models.input import to_model_input
@@ -39,12 +39,6 @@ class Predictor(BasePredictor):
         else:
             abnormality = abnormality_from_probs(probs)
         return {"logits": logits, "probs": probs, "abnormality": abnormality}
-
-
-def abnormality_from_probs(probs: np.ndarray) -> np.ndarray:
-    """Abnormality score without a dedicated head: the largest per-finding probability (a film is abnormal when
-    any finding is present; max keeps the score on the findings' own probability scale)."""
-    return probs.max(axis=1) if probs.shape[1] else np.zeros(len(probs), np.float32)
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None):
