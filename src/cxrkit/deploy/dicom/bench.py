@@ -138,9 +138,15 @@ def _send(port: int, path: Path, syntax: str) -> bool:
     return out.returncode == 0
 
 
-def _wait(pacs: _Pacs, studies, timeout: float) -> None:
+def _wait(pacs: _Pacs, studies, timeout: float, stall: float | None = None) -> None:
+    """Until every study's SR arrived, ``timeout`` passed, or (with ``stall``) no SR arrived for that long."""
     end = time.time() + timeout
+    last, seen = time.time(), len(pacs.arrivals)
     while time.time() < end and any(s not in pacs.arrivals for s in studies):
+        if len(pacs.arrivals) != seen:
+            last, seen = time.time(), len(pacs.arrivals)
+        elif stall is not None and time.time() - last > stall:
+            return
         time.sleep(0.01)
 
 
@@ -220,9 +226,12 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
             if value is not None:
                 rss.append((round(time.time() - t0, 1), round(value, 1)))
             time.sleep(1.0)
-        _wait(pacs, list(sent), 120)
-        elapsed = time.time() - t0
+        load_end = time.time()
+        # the backlog drains as long as results keep coming; "lost" = never delivered although the node kept going
+        _wait(pacs, list(sent), 3600, stall=60)
+        elapsed, drain = load_end - t0, time.time() - load_end
         delivered = [s for s in sent if s in pacs.arrivals]
+        in_window = [s for s in delivered if pacs.arrivals[s] <= load_end]
         received = _received_at(spool)
         load_lat = [pacs.arrivals[s] - received[s] for s in delivered if s in received]
     finally:
@@ -243,8 +252,9 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
                       "max": _pct(latencies, 100)},
         "load": {"senders": senders, "duration_s": round(elapsed, 1), "studies_sent": len(sent),
                  "studies_delivered": len(delivered), "lost": len(sent) - len(delivered),
-                 "send_failures": failures[0],
-                 "studies_per_min": round(len(delivered) / max(duration_s, 1e-9) * 60.0, 1),
+                 "send_failures": failures[0], "backlog_drain_s": round(drain, 1),
+                 "studies_per_min": round(len(in_window) / max(elapsed, 1e-9) * 60.0, 1),
+                 "sent_per_min": round(len(sent) / max(elapsed, 1e-9) * 60.0, 1),
                  "latency_p50_s": _pct(load_lat, 50), "latency_p99_s": _pct(load_lat, 99)},
         "rss_mb": {"first": rss_values[0] if rss_values else None, "max": max(rss_values) if rss_values else None,
                    "last": rss_values[-1] if rss_values else None,
@@ -278,8 +288,9 @@ def _markdown(r: dict) -> str:
         f"| latency, last film in -> SR at destination, one study at a time (n={lat['n']}) | p50 {lat['p50']} s, "
         f"p99 {lat['p99']} s, max {lat['max']} s |",
         f"| sustained, {load['senders']} storescu senders, {load['duration_s']} s | {load['studies_per_min']} "
-        f"studies/min; {load['studies_delivered']}/{load['studies_sent']} delivered, {load['lost']} lost, "
-        f"{load['send_failures']} send failures |",
+        f"studies/min delivered during the load ({load['sent_per_min']}/min sent); backlog drained "
+        f"{load['backlog_drain_s']} s after it; {load['studies_delivered']}/{load['studies_sent']} delivered, "
+        f"{load['lost']} lost, {load['send_failures']} send failures |",
         f"| latency under that load | p50 {load['latency_p50_s']} s, p99 {load['latency_p99_s']} s |",
         f"| node RSS (MB) | first {rss['first']}, max {rss['max']}, last {rss['last']}; mean first half "
         f"{rss['mean_first_half']}, second half {rss['mean_second_half']} |",
