@@ -50,25 +50,25 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @node_app.command("run")
     def run_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory (RUN_DIR/bundle)"),
+        bundle: Path = typer.Argument(..., help="Bundle directory (RUN_DIR/bundle)"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the node settings "
                                               "(docs/dicom.md); flags override it"),
-        aet: Optional[str] = typer.Option(None, "--aet", help="this node's AE title [default: CXRKIT]"),
-        host: Optional[str] = typer.Option(None, help="address to listen on [default: 127.0.0.1]"),
-        port: Optional[int] = typer.Option(None, min=1, max=65535, help="port to listen on [default: 11112]"),
-        spool: Optional[Path] = typer.Option(None, help="spool folder (received films, state, results) "
+        aet: Optional[str] = typer.Option(None, "--aet", help="This node's AE title [default: CXRKIT]"),
+        host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]"),
+        port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port to listen on [default: 11112]"),
+        spool: Optional[Path] = typer.Option(None, help="Spool folder (received films, state, results) "
                                              "[default: cxr-node-spool]"),
         destination: Optional[List[str]] = typer.Option(None, "--destination", "-d",
                                                         help="AET@HOST:PORT that receives the SR and SC (repeatable)"),
-        allow_aet: Optional[List[str]] = typer.Option(None, "--allow-aet", help="calling AE titles allowed to send "
+        allow_aet: Optional[List[str]] = typer.Option(None, "--allow-aet", help="Calling AE titles allowed to send "
                                                       "(repeatable) [default: any]"),
-        settle: Optional[float] = typer.Option(None, min=0.0, help="seconds a study must be quiet before it is "
+        settle: Optional[float] = typer.Option(None, min=0.0, help="Seconds a study must be quiet before it is "
                                                "processed [default: 5]"),
-        max_associations: Optional[int] = typer.Option(None, min=1, help="concurrent associations [default: 8]"),
+        max_associations: Optional[int] = typer.Option(None, min=1, help="Concurrent associations [default: 8]"),
         webhook: Optional[str] = typer.Option(None, help="POST a de-identified JSON per processed study here"),
-        backend: Optional[str] = typer.Option(None, help="auto, torch, onnx or openvino [default: auto = the "
+        backend: Optional[str] = typer.Option(None, help="Auto, torch, onnx or openvino [default: auto = the "
                                               "fastest the bundle and machine have]"),
-        log_level: str = typer.Option("info", help="debug, info, warning or error"),
+        log_level: str = typer.Option("info", help="Debug, info, warning or error"),
     ) -> None:
         """Run the DICOM node until SIGTERM / Ctrl-C. Research use only."""
         require_dicomnet()
@@ -90,10 +90,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @node_app.command("retry")
     def retry_cmd(
-        spool: Path = typer.Argument(..., help="the node's --spool folder"),
-        queue_only: bool = typer.Option(False, "--queue-only", help="only move the dead letters back to the queue "
+        spool: Path = typer.Argument(..., help="The node's --spool folder"),
+        queue_only: bool = typer.Option(False, "--queue-only", help="Only move the dead letters back to the queue "
                                         "(a running node sends them); default: also send them now"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="the node's TOML file (AE title, "
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="The node's TOML file (AE title, "
                                               "timeouts)"),
     ) -> None:
         """Re-send the results in the dead-letter folder."""
@@ -117,7 +117,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.Exit(1)
 
     @node_app.command("status")
-    def status_cmd(spool: Path = typer.Argument(..., help="the node's --spool folder")) -> None:
+    def status_cmd(spool: Path = typer.Argument(..., help="The node's --spool folder")) -> None:
         """Counts of instances and results by state (JSON; no identifiers)."""
         from cxrkit.deploy.dicom.spool import SpoolError, spool_status
 
@@ -129,13 +129,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["bench"].command("node")
     def bench_node_cmd(
-        bundle: Path = typer.Argument(..., help="bundle directory"),
-        film: Optional[Path] = typer.Option(None, help="a chest DICOM to send (new UIDs per study) [default: a "
+        bundle: Path = typer.Argument(..., help="Bundle directory"),
+        film: Optional[Path] = typer.Option(None, help="A chest DICOM to send (new UIDs per study) [default: a "
                                             "generated 1024 x 1024 CR film]"),
-        latency_studies: int = typer.Option(50, min=1, help="studies sent one at a time for the latency figure"),
-        duration: float = typer.Option(300.0, min=1.0, help="seconds of sustained load"),
-        senders: int = typer.Option(4, min=1, max=32, help="concurrent storescu senders"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results JSON here (.md beside it)"),
+        latency_studies: int = typer.Option(50, min=1, help="Studies sent one at a time for the latency figure"),
+        duration: float = typer.Option(300.0, min=1.0, help="Seconds of sustained load"),
+        senders: int = typer.Option(4, min=1, max=32, help="Concurrent storescu senders"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here (.md beside it)"),
     ) -> None:
         """Latency (last film in -> SR at the destination, settle excluded) and sustained studies/min with
         memory, against a real `cxr node` process, dcmtk's storescu as the modality, on 127.0.0.1."""

@@ -20,16 +20,16 @@ def _write(result: dict, out: Optional[Path]) -> None:
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @groups["bench"].command("fuzz")
     def bench_fuzz_cmd(
-        bundle: Optional[Path] = typer.Argument(None, help="bundle to serve (needed for --target service)"),
-        target: str = typer.Option("decode", help="decode (read_image in a watched child process), service "
+        bundle: Optional[Path] = typer.Argument(None, help="Bundle to serve (needed for --target service)"),
+        target: str = typer.Option("decode", help="Decode (read_image in a watched child process), service "
                                    "(a real cxr serve on 127.0.0.1) or both"),
-        cases: int = typer.Option(1000, min=1, max=10_000_000, help="mutated files per target"),
-        time_limit_s: float = typer.Option(600.0, min=1.0, help="stop a target after this long"),
-        case_timeout_s: float = typer.Option(10.0, min=0.1, help="a case over this long is a hang"),
-        seed: int = typer.Option(0, help="case i is a pure function of (seed, i)"),
-        seed_file: List[Path] = typer.Option([], help="extra seed files (e.g. real DICOMs); repeatable"),
-        concurrency: int = typer.Option(4, min=1, max=64, help="service target: requests in flight"),
-        out: Optional[Path] = typer.Option(None, help="write the results JSON here"),
+        cases: int = typer.Option(1000, min=1, max=10_000_000, help="Mutated files per target"),
+        time_limit_s: float = typer.Option(600.0, min=1.0, help="Stop a target after this long"),
+        case_timeout_s: float = typer.Option(10.0, min=0.1, help="A case over this long is a hang"),
+        seed: int = typer.Option(0, help="Case i is a pure function of (seed, i)"),
+        seed_file: List[Path] = typer.Option([], help="Extra seed files (e.g. real DICOMs); repeatable"),
+        concurrency: int = typer.Option(4, min=1, max=64, help="Service target: requests in flight"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here"),
     ) -> None:
         """Mutation fuzzing of PNG, JPEG and DICOM (header fields, transfer syntaxes, fragments, LUTs): counts of
         outcomes (decode) or status codes (service). Exit 1 when anything crashed, hung or answered 5xx."""
@@ -68,11 +68,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["bench"].command("soak")
     def bench_soak_cmd(
-        bundle: Path = typer.Argument(..., help="bundle to serve"),
-        clients: int = typer.Option(8, min=1, max=256, help="clients sending back to back"),
-        minutes: float = typer.Option(10.0, min=0.05, max=24 * 60.0, help="how long"),
-        dicom: Optional[Path] = typer.Option(None, help="a DICOM film to add to the mix"),
-        out: Optional[Path] = typer.Option(None, help="write the results JSON here"),
+        bundle: Path = typer.Argument(..., help="Bundle to serve"),
+        clients: int = typer.Option(8, min=1, max=256, help="Clients sending back to back"),
+        minutes: float = typer.Option(10.0, min=0.05, max=24 * 60.0, help="How long"),
+        dicom: Optional[Path] = typer.Option(None, help="A DICOM film to add to the mix"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here"),
     ) -> None:
         """N clients for T minutes against a real cxr serve on 127.0.0.1: PNG/JPEG/DICOM films, heatmap requests and
         bad files; RSS sampled every second; errors, latency and the memory trend. Exit 1 on any unexpected answer."""
