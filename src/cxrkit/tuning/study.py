@@ -52,9 +52,13 @@ def _optuna():
 def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180):
     """Optuna's RDB storage with a heartbeat: a killed worker's running trial is marked FAIL once it has been
     silent for ``grace_s``, when any worker starts its next trial."""
+    import warnings
+
     optuna = _optuna()
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
+        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5 but is what we rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
     except Exception as exc:  # sqlalchemy raises many kinds (bad dialect, unreachable server, missing driver)
         raise TuneError(f"cannot open study storage {url!r}: {exc}; use sqlite:///PATH/study.db or "
                         "postgresql://user:password@host/db") from exc
