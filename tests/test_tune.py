@@ -11,7 +11,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from cxrkit.tuning.space import SpaceError, parse_space, read_space  # noqa: E402
+from cxrkit.tuning.space import SpaceError, parse_space  # noqa: E402
 from cxrkit.tuning.study import TuneSpec, run_study  # noqa: E402
 
 FIXED = {"arch": "cxr_tiny", "image_size": 32, "epochs": 2, "batch_size": 16, "num_threads": 1,
@@ -181,3 +181,22 @@ lr = {type = "float", low = 1e-3, high = 1e-2, log = true, grid = [1e-3, 1e-2]}
     assert len(list((out / "trials").iterdir())) == 2
     main(["tune", "report", str(out)])
     assert (out / "best.json").is_file() and (out / "report.html").is_file()
+
+
+def test_train_on_epoch_hook_sees_each_record_and_can_stop(tmp_path, cache):
+    """The engine hook `cxr tune` prunes through: it gets the history line of each epoch, and True stops the run
+    after that epoch with the usual bundle; without it the run goes on (the default path is unchanged)."""
+    from cxrkit.training import TrainConfig, train
+
+    seen: list[dict] = []
+
+    def hook(record: dict) -> bool:
+        seen.append(record)
+        return record["epoch"] == 0
+
+    cfg = TrainConfig(cache=str(cache), out=str(tmp_path / "run"), **{**FIXED, "epochs": 3})
+    result = train(cfg, on_epoch=hook)
+    assert result.epochs_run == 1 and result.stopped_early and result.bundle_dir is not None
+    history = [json.loads(x) for x in result.history.read_text().splitlines()]
+    assert [r["epoch"] for r in seen] == [0] and seen[0]["val_mean_auroc"] == pytest.approx(history[0]["val_mean_auroc"])
+    assert (result.bundle_dir / "model.safetensors").is_file()

@@ -73,7 +73,7 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     """Write DIR/best.json and DIR/report.html; returns the best.json content."""
     from cxrkit.fileio import atomic_write_bytes, atomic_write_json
 
-    optuna = _optuna()
+    _optuna()
     try:
         import plotly  # noqa: F401
     except ImportError as exc:
