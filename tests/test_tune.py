@@ -198,5 +198,6 @@ def test_train_on_epoch_hook_sees_each_record_and_can_stop(tmp_path, cache):
     result = train(cfg, on_epoch=hook)
     assert result.epochs_run == 1 and result.stopped_early and result.bundle_dir is not None
     history = [json.loads(x) for x in result.history.read_text().splitlines()]
-    assert [r["epoch"] for r in seen] == [0] and seen[0]["val_mean_auroc"] == pytest.approx(history[0]["val_mean_auroc"])
+    assert [r["epoch"] for r in seen] == [0]
+    assert seen[0]["val_mean_auroc"] == pytest.approx(history[0]["val_mean_auroc"])
     assert (result.bundle_dir / "model.safetensors").is_file()

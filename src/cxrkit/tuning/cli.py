@@ -17,7 +17,7 @@ def tune_command(
                                                                 "the default is the grid size."),
     study: str = typer.Option("cxr-tune", "--study", help="Study name inside the storage."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default sqlite:///OUT/study.db; "
-                                                                  "postgresql://user:pw@host/db for several machines)."),
+                                                                  "postgresql://user:pw@host/db for teams)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder: trials/NNNN run folders, tune.json."),
     grid: bool = typer.Option(False, "--grid", help="Run the exact grid of the space's choices/grid values."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed, and the training seed unless the space fixes one."),

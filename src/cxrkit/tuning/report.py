@@ -53,8 +53,8 @@ def _curves(study, out: Path):
         return None
     cols = min(4, len(trials))
     rows = math.ceil(len(trials) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"trial {t.number} ({t.state.name.lower()})"
-                                                              for t in trials], specs=[[{"secondary_y": True}] * cols] * rows)
+    titles = [f"trial {t.number} ({t.state.name.lower()})" for t in trials]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, specs=[[{"secondary_y": True}] * cols] * rows)
     for i, t in enumerate(trials):
         hist = Path(out) / t.user_attrs["run_dir"] / "history.jsonl"
         records = [json.loads(x) for x in hist.read_text().splitlines() if x.strip()] if hist.is_file() else []
@@ -115,7 +115,8 @@ table.trials td,table.trials th{{border:1px solid #ccc;padding:2px 6px}} .notice
 <h1>Study {html.escape(study.study_name)}</h1>
 <p class="notice">Research use only. Results on phantom data are synthetic.</p>
 <p>Best trial {summary['best_trial']}: {html.escape(study.direction.name.lower())} value {summary['value']:.4f};
-params <code>{html.escape(json.dumps(summary['params']))}</code>; bundle <code>{html.escape(str(summary['bundle']))}</code>.
+params <code>{html.escape(json.dumps(summary['params']))}</code>;
+bundle <code>{html.escape(str(summary['bundle']))}</code>.
 Trials by state: <code>{html.escape(json.dumps(summary['trials']))}</code>.</p>
 <ul>{notes_html}</ul>
 {''.join(parts)}
