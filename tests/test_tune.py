@@ -76,6 +76,15 @@ def test_bad_space_file_exits_2_through_the_cli(tmp_path, cache):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_missing_cache_fails_before_any_trial(tmp_path):
+    from cxrkit.data.errors import CacheError
+
+    spec = TuneSpec(cache=str(tmp_path / "nope"), space=_space(SEARCH), out=str(tmp_path / "s"), trials=3)
+    with pytest.raises(CacheError):
+        run_study(spec)
+    assert not (tmp_path / "s" / "study.db").exists()
+
+
 # -- a real study ----------------------------------------------------------------------------------------------
 SEARCH = {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}, "head": ["linear", "attention"]}
 

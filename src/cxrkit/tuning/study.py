@@ -123,7 +123,10 @@ def trial_config(spec: TuneSpec, params: dict[str, Any], run_dir: Path):
 
 def run_study(spec: TuneSpec):
     """Run trials until the study holds ``spec.trials`` finished (complete or pruned) trials; returns the study."""
+    from cxrkit.data.cache import open_cache
+
     optuna = _optuna()
+    open_cache(spec.cache)  # a wrong cache fails here with a CacheError, not as N failed trials
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     if spec.grid:
