@@ -232,13 +232,10 @@ def test_a_killed_worker_loses_only_its_running_trial(tmp_path, cache):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if (out / "study.db").is_file():
-                try:
-                    study = optuna.load_study(study_name="cxr-tune", storage=f"sqlite:///{out / 'study.db'}")
-                    if any(t.state.name == "RUNNING" for t in study.trials):
-                        break
-                except Exception:  # the worker may still be creating the schema
-                    pass
+            # the objective has begun once the trial's run folder has its config, so the trial's first heartbeat
+            # is in (Optuna writes it before calling the objective); polling a file keeps the study DB unlocked
+            if (out / "trials" / "0000" / "config.json").is_file():
+                break
             time.sleep(0.05)
         else:
             pytest.fail("the worker never started a trial")
@@ -246,6 +243,8 @@ def test_a_killed_worker_loses_only_its_running_trial(tmp_path, cache):
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    killed = optuna.load_study(study_name="cxr-tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in killed] == ["RUNNING"]  # killed mid-trial, not after it
     time.sleep(2.5)  # past the grace period: the killed trial's heartbeat is stale
 
     from cxrkit.tuning.space import read_space
