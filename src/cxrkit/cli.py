@@ -16,6 +16,7 @@ from cxrkit import RESEARCH_NOTICE, __version__
 STAGE_CLIS = (
     "cxrkit.data.cli",
     "cxrkit.training.cli",
+    "cxrkit.tuning.cli",
     "cxrkit.evaluation.cli",
     "cxrkit.explain.cli",
     "cxrkit.deploy.cli",

@@ -5,11 +5,11 @@
 from cxrkit.training.config import ConfigError, TrainConfig, resolve_config
 
 
-def train(config: "TrainConfig"):
+def train(config: "TrainConfig", on_epoch=None):
     """Run training (see :func:`cxrkit.training.engine.train`); imported lazily so this package stays light."""
     from cxrkit.training.engine import train as _train
 
-    return _train(config)
+    return _train(config, on_epoch=on_epoch)
 
 
 def __getattr__(name):

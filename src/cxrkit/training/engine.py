@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +111,16 @@ def _make_loader(cache, rows, cfg: TrainConfig, info, device, train: bool):
                        rank=info.rank, world_size=info.world_size, device=device)
 
 
-def train(config: TrainConfig) -> TrainResult:
+EpochCallback = Callable[[dict], bool]
+
+
+def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train a classifier on a prepared cache as ``config`` says; resumable; ends with RUN_DIR/bundle.
 
-    Works alone or in each process of a ``torchrun`` job (only rank 0 writes files).
+    Works alone or in each process of a ``torchrun`` job (only rank 0 writes files). ``on_epoch``, if given, is
+    called on rank 0 with each epoch's history record (the line history.jsonl gets); returning True stops the run
+    after that epoch like early stopping does, so the run still ends with its best epoch's bundle (the hook
+    ``cxr tune`` prunes trials through).
     """
     from cxrkit.data.cache import open_cache
 
@@ -127,12 +134,13 @@ def train(config: TrainConfig) -> TrainResult:
             cfg = _check_cache(cfg, cache)
             run_dir, state = _prepare_run_dir(cfg, cache, info.is_main)
             dist_util.barrier(info)
-            return _fit(cfg, cache, run_dir, state, info, device)
+            return _fit(cfg, cache, run_dir, state, info, device, on_epoch)
     finally:
         dist_util.shutdown(created)
 
 
-def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, device) -> TrainResult:
+def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, device,
+         on_epoch: EpochCallback | None = None) -> TrainResult:
     train_rows, val_rows = cache.rows(cfg.train_split), cache.rows(cfg.val_split)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise CacheError(f"cache {cache.path} has {len(train_rows)} {cfg.train_split!r} and {len(val_rows)} "
@@ -208,6 +216,9 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
             elapsed = time.perf_counter() - t0
             img_s = seen * info.world_size / max(elapsed, 1e-9)
             _end_epoch(cfg, trainer, val_loader, cache, run_dir, s, info, device, monitor, img_s, elapsed)
+            if on_epoch is not None:
+                stop = bool(on_epoch(dict(s["history"][-1]))) if info.is_main else None
+                s["stopped_early"] = s["stopped_early"] or bool(dist_util.broadcast(stop, info))
             checkpoint()
             if info.is_main:
                 write_history(run_dir, s["history"])
