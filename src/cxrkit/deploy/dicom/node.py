@@ -52,6 +52,10 @@ class Node:
                  self.config.ae_title, self.config.host, self.port, self.processor.runtime.backend,
                  self.processor.runtime.precision, self.processor.runtime.reason, self.spool.root,
                  ", ".join(map(str, self.config.destinations)) or "none (results stay in the spool)")
+        if self.processor.algorithm.trained_on_synthetic:
+            from cxrkit.bundle.synthetic import SYNTHETIC_WARNING
+
+            log.warning(SYNTHETIC_WARNING)
         if not self.config.allowed_calling_aets:
             log.warning("no calling-AE allow-list: any DICOM peer that can reach the port may send films")
         return self

@@ -39,11 +39,6 @@ class _Film:
     skip: str | None = None
 
 
-def trained_on_synthetic(config: dict) -> bool:
-    prov = config.get("provenance") or {}
-    return "phantom" in str(prov.get("data_source") or "").lower()
-
-
 class Processor:
     """Holds the model (fastest runtime the bundle has, plus torch for heatmaps when needed) and the gate."""
 
@@ -64,6 +59,7 @@ class Processor:
         self._explainer = None
         cfg = self.predictor.config
         from cxrkit.bundle.identity import model_id, model_version
+        from cxrkit.bundle.synthetic import trained_on_synthetic
 
         self.algorithm = AlgorithmInfo(name="cxrkit", version=__version__, model_id=model_id(self.predictor),
                                        model_version=model_version(cfg),
