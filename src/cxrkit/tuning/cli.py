@@ -16,8 +16,8 @@ def tune_command(
                                                                 "hold; a rerun only adds the missing ones. With --grid "
                                                                 "the default is the grid size."),
     study: str = typer.Option("cxr-tune", "--study", help="Study name inside the storage."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default sqlite:///OUT/study.db; "
-                                                                  "postgresql://user:pw@host/db for teams)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (postgresql://user:pw@host/db "
+                                          "for teams).", show_default="sqlite:///OUT/study.db"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder: trials/NNNN run folders, tune.json."),
     grid: bool = typer.Option(False, "--grid", help="Run the exact grid of the space's choices/grid values."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed, and the training seed unless the space fixes one."),
