@@ -235,11 +235,11 @@ class Processor:
     def _entry(self, entry_id: str, study: StudyResult, films: Sequence[_Film],
                summaries: list[dict[str, Any]]) -> dict[str, Any]:
         ds = films[0].dataset
-        first, last = self.spool.study_arrival(study.study_instance_uid)
         return {"entry_id": entry_id, "study_key": films[0].instance.study_key,
                 "study_instance_uid": study.study_instance_uid,
                 "accession_number": str(ds.get("AccessionNumber", "") or "") or None,
-                "study_date": str(ds.get("StudyDate", "") or "") or None, "received_at": last,
+                "study_date": str(ds.get("StudyDate", "") or "") or None,
+                "received_at": self.spool.last_arrival(study.study_instance_uid),
                 "processed_at": time.time(), "priority": study.priority, "priority_reason": study.priority_reason,
                 "abnormality": study.abnormality, "quality_ok": all(r.quality_ok for r in study.films),
                 "synthetic_model": self.algorithm.trained_on_synthetic, "films": summaries,

@@ -7,7 +7,6 @@ dataset does not match its SOP class (no Study/SOP Instance UID), 0xC000 cannot 
 from __future__ import annotations
 
 import logging
-import time
 from io import BytesIO
 from typing import Callable
 
@@ -25,7 +24,6 @@ def read_uids(data: bytes) -> tuple[str, str, str] | None:
 
     from cxrkit.data.decode import DecodeLimits
     from cxrkit.data.dicom import check_deflated_size
-    from cxrkit.data.errors import ImageError
 
     try:
         check_deflated_size(data, "received dataset", DecodeLimits(max_bytes=MAX_DATASET_BYTES))
@@ -33,7 +31,7 @@ def read_uids(data: bytes) -> tuple[str, str, str] | None:
                              specific_tags=["SOPInstanceUID", "StudyInstanceUID", "SOPClassUID"])
         sop, study = str(ds.get("SOPInstanceUID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
         cls = str(ds.get("SOPClassUID", "") or "") or str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-    except (ImageError, Exception):  # noqa: BLE001 - any parse failure means "cannot understand"
+    except Exception:  # noqa: BLE001 - any parse failure (ImageError for a deflate bomb too) = "cannot understand"
         return None
     return (sop, study, cls) if sop and study else None
 
@@ -126,7 +124,6 @@ def start_server(config: NodeConfig, handler: StoreHandler):
     except OSError as exc:
         raise NodeConfigError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); is another node "
                               "running there? choose another --port") from None
-    server.started_at = time.time()
     return server
 
 

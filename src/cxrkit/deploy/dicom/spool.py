@@ -23,7 +23,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from cxrkit.data.errors import CxrError
 from cxrkit.deploy.dicom import worklist
@@ -220,10 +219,10 @@ class Spool:
             "WHERE study_uid = ? AND state = 'received' ORDER BY received_at", (study_uid,)).fetchall()
         return [Instance(r[0], r[1], r[2], r[3], r[4], self.root / r[5] if r[5] else None, r[6]) for r in rows]
 
-    def study_arrival(self, study_uid: str) -> tuple[float, float]:
-        row = self.conn().execute("SELECT first_arrival, last_arrival FROM studies WHERE study_uid = ?",
-                                  (study_uid,)).fetchone()
-        return (row[0], row[1]) if row else (time.time(), time.time())
+    def last_arrival(self, study_uid: str) -> float:
+        """When the study's latest instance was stored (the worklist's ``received_at``)."""
+        row = self.conn().execute("SELECT last_arrival FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        return row[0] if row else time.time()
 
     # -- outbox ---------------------------------------------------------------------------------------
     def due_outbox(self, now: float | None = None, lease: float = 60.0) -> list[OutboxItem]:
@@ -333,8 +332,6 @@ class Spool:
                 counts["orphan_results"] += 1
         return counts
 
-    def iter_instances(self) -> Iterator[tuple[str, str, str]]:
-        yield from self.conn().execute("SELECT sop_key, study_key, state FROM instances")
 
 
 def spool_status(root: str | Path) -> dict[str, dict[str, int] | int]:
