@@ -52,7 +52,8 @@ def start_node(bundle, tmp_path, destinations, **overrides):
     from cxrkit.deploy.dicom.node import Node
 
     cfg = build_config(port=free_port(), spool=tmp_path / "spool", destinations=destinations,
-                       settle_seconds=overrides.pop("settle_seconds", 0.3), **overrides)
+                       settle_seconds=overrides.pop("settle_seconds", 0.3),
+                       workers=overrides.pop("workers", 0), **overrides)  # worker processes: their own tests
     return Node(bundle, cfg).start()
 
 
@@ -256,3 +257,46 @@ def test_webhook_gets_a_de_identified_entry(bundle, tmp_path, shared_data):
     text = json.dumps(body)
     src = pydicom.dcmread(files[0])
     assert study not in text and src.PatientID not in text and "ACC0001" not in text
+
+
+def test_worker_processes_share_the_studies_and_a_killed_worker_is_replaced(bundle, tmp_path, pacs, shared_data):
+    """workers = 2 (the CLI's default on 2 cores): each study processed once by one of two processes; a worker
+    killed with SIGKILL is replaced and its studies still get their results; stop ends the workers."""
+    import os
+    import signal
+
+    from cxrkit.deploy.dicom.workers import owns
+
+    node = start_node(bundle, tmp_path, [f"PACS@127.0.0.1:{pacs.port}"], workers=2)
+    try:
+        pids = node.worker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids
+        studies = []
+        while len(studies) < 6 or len({owns(study, 0, 2) for study, _ in studies}) < 2:  # work for both
+            studies.append(_study(tmp_path, shared_data, f"w{len(studies)}"))
+        assert storescu(node.port, *[f for _, files in studies for f in files]).returncode == 0
+        pacs.wait_for(2 * len(studies), timeout=120)  # SR + SC per study
+        os.kill(pids[0], signal.SIGKILL)
+        end = time.time() + 60
+        while time.time() < end and (len(node.worker_pids()) < 2 or pids[0] in node.worker_pids()):
+            time.sleep(0.2)
+        assert len(node.worker_pids()) == 2 and pids[0] not in node.worker_pids(), "the killed worker is replaced"
+        more = [_study(tmp_path, shared_data, f"after{k}") for k in range(4)]
+        assert storescu(node.port, *[f for _, files in more for f in files]).returncode == 0
+        pacs.wait_for(2 * len(studies + more), timeout=120)
+        time.sleep(1.0)
+        assert pacs.store_requests() == 2 * len(studies + more), "every study exactly once"
+        received = {o.StudyInstanceUID for o in read_objects(pacs.files())}
+        assert received == {study for study, _ in studies + more}
+    finally:
+        workers = node.worker_pids()
+        node.stop()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_worker_start_up_errors_reach_the_node(bundle, tmp_path):
+    from cxrkit.deploy.dicom.config import NodeConfigError
+
+    with pytest.raises(NodeConfigError, match="Nodule-ish"):
+        start_node(bundle, tmp_path, [], workers=1, report_findings=("Nodule-ish",))

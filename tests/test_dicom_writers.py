@@ -211,6 +211,43 @@ def test_sr_round_trips_into_the_same_study_and_highdicom_reads_it_back(tmp_path
     assert ("Odd Label", codes.PRESENT.value) in coded
 
 
+def test_sr_document_equals_highdicoms_full_construction(monkeypatch):
+    """The writer attaches the content tree after highdicom builds the document around its root (no deep copy);
+    the result must be the dataset highdicom's ComprehensiveSR would write from the whole tree."""
+    from cxrkit.deploy.dicom import sr as sr_module
+
+    captured = {}
+    original = sr_module._document
+
+    def capture(root, evidence, algorithm, **kw):
+        captured.update(root=root, evidence=evidence, kw=kw)
+        return original(root, evidence, algorithm, **kw)
+
+    monkeypatch.setattr(sr_module, "_document", capture)
+    src = make_dx()
+    src2 = make_dx(study_uid=str(src.StudyInstanceUID), seed=1)
+    films = [make_film(src), make_film(src2, quality_ok=False)]
+    fast = build_sr(make_study(films, [src, src2]), [src, src2], ALGO, series_instance_uid=generate_uid(),
+                    sop_instance_uid=generate_uid())
+    full = hd.sr.ComprehensiveSR(
+        evidence=captured["evidence"], content=captured["root"], manufacturer="cxrkit",
+        manufacturer_model_name=ALGO.name, software_versions=ALGO.version, is_complete=True, is_final=False,
+        is_verified=False, series_description="cxrkit results (research use only)",
+        coding_schemes=sr_module.coding_schemes(), **captured["kw"])
+    clock = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime"}
+    for ds in (fast, full):  # the contribution's own time stamp differs by the microseconds between the two
+        for item in ds.get("ContributingEquipmentSequence", []):
+            item.pop("ContributionDateTime", None)
+    fast_elems = {e.tag: e for e in fast if e.keyword not in clock}
+    full_elems = {e.tag: e for e in full if e.keyword not in clock}
+    assert sorted(fast_elems) == sorted(full_elems)
+    for tag, elem in full_elems.items():
+        assert fast_elems[tag] == elem, elem.keyword
+    assert fast.file_meta == full.file_meta
+    assert len(list(content_items(fast))) > 40  # the whole tree, not the bare root
+    hd.sr.ComprehensiveSR.from_dataset(fast)  # and highdicom parses what the node writes
+
+
 def test_sr_passes_dsrdump(tmp_path):
     src = make_dx()
     # a private code value over 16 characters goes into LongCodeValue

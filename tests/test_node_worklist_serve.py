@@ -35,7 +35,8 @@ def test_node_results_reach_the_worklist_api(make_tiny_bundle, tmp_path, shared_
     cfg = read_bundle_config(bundle)  # Pneumothorax always positive (urgent), nothing else ever
     cfg["thresholds"] = {n: (0.0 if n == "Pneumothorax" else 1.01) for n in cfg["label_names"]}
     write_bundle_config(bundle, cfg)
-    node = Node(bundle, build_config(port=peers.free_port(), spool=tmp_path / "spool", settle_seconds=0.3)).start()
+    node = Node(bundle, build_config(port=peers.free_port(), spool=tmp_path / "spool", settle_seconds=0.3,
+                                     workers=0)).start()
     try:
         urgent, other = generate_uid(), generate_uid()
         films = [peers.make_film(shared_data / peers.REAL_FILM, tmp_path / "films" / "a.dcm", study_uid=urgent),

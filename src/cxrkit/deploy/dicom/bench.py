@@ -122,14 +122,31 @@ class _Pacs:
         self.server.shutdown()
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the node and its worker processes; Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+    """Resident memory of the node with its worker processes (MB); None once the node is gone."""
+    total, seen = 0.0, False
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024.0
+                    seen = True
+        except OSError:
+            continue
+    return total if seen else None
 
 
 def _send(port: int, path: Path, syntax: str) -> bool:
@@ -163,7 +180,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: int = 50, duration_s: float = 300.0,
-              senders: int = 4, startup_timeout: float = 300.0) -> dict:
+              senders: int = 4, workers: int | None = None, startup_timeout: float = 300.0) -> dict:
     if find_dcmtk("storescu") is None:
         raise BenchError("cxr bench node needs dcmtk's storescu (Debian: apt-get install dcmtk)")
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-node-"))
@@ -172,7 +189,8 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
     spool = work / "spool"
     cmd = [str(Path(sys.executable).with_name("cxr")), "node", str(bundle), "--port", str(port), "--spool",
            str(spool), "--settle", "0", "--destination", f"BENCHPACS@127.0.0.1:{pacs.port}", "--log-level", "warning",
-           "--max-associations", str(max(8, senders * 2))]
+           "--max-associations", str(max(8, senders * 2)),
+           *([] if workers is None else ["--workers", str(workers)])]
     log = open(work / "node.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -246,7 +264,8 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
     half = len(rss_values) // 2
     result = {
         "command": " ".join(["cxr", "bench", "node", str(bundle), f"--latency-studies {latency_studies}",
-                             f"--duration {duration_s:g}", f"--senders {senders}"]),
+                             f"--duration {duration_s:g}", f"--senders {senders}"]
+                            + ([] if workers is None else [f"--workers {workers}"])),
         "film": str(film) if film else "generated 1024 x 1024 8-bit CR",
         "latency_s": {"n": len(latencies), "p50": _pct(latencies, 50), "p99": _pct(latencies, 99),
                       "max": _pct(latencies, 100)},
@@ -292,6 +311,6 @@ def _markdown(r: dict) -> str:
         f"{load['backlog_drain_s']} s after it; {load['studies_delivered']}/{load['studies_sent']} delivered, "
         f"{load['lost']} lost, {load['send_failures']} send failures |",
         f"| latency under that load | p50 {load['latency_p50_s']} s, p99 {load['latency_p99_s']} s |",
-        f"| node RSS (MB) | first {rss['first']}, max {rss['max']}, last {rss['last']}; mean first half "
-        f"{rss['mean_first_half']}, second half {rss['mean_second_half']} |",
+        f"| node RSS with its workers (MB) | first {rss['first']}, max {rss['max']}, last {rss['last']}; "
+        f"mean first half {rss['mean_first_half']}, second half {rss['mean_second_half']} |",
     ])

@@ -68,6 +68,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         webhook: Optional[str] = typer.Option(None, help="POST a de-identified JSON per processed study here"),
         backend: Optional[str] = typer.Option(None, help="Auto, torch, onnx or openvino [default: auto = the "
                                               "fastest the bundle and machine have]"),
+        workers: Optional[int] = typer.Option(None, min=0, max=64, help="Processing processes (0: in the node's "
+                                              "own process) [default: 2, 1 on a one-core machine]"),
         log_level: str = typer.Option("info", help="Debug, info, warning or error"),
     ) -> None:
         """Run the DICOM node until SIGTERM / Ctrl-C. Research use only."""
@@ -80,7 +82,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         cfg = build_config(config, ae_title=aet, host=host, port=port, spool=spool,
                            destinations=tuple(destination or ()), allowed_calling_aets=tuple(allow_aet or ()),
                            settle_seconds=settle, max_associations=max_associations, webhook_url=webhook,
-                           backend=backend)
+                           backend=backend, workers=workers)
         if not (bundle / "config.json").is_file():
             hint = f"; did you mean {bundle / 'bundle'}?" if (bundle / "bundle" / "config.json").is_file() else ""
             raise BundleError(f"{bundle}: not a bundle directory (no config.json){hint}")
@@ -135,6 +137,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         latency_studies: int = typer.Option(50, min=1, help="Studies sent one at a time for the latency figure"),
         duration: float = typer.Option(300.0, min=1.0, help="Seconds of sustained load"),
         senders: int = typer.Option(4, min=1, max=32, help="Concurrent storescu senders"),
+        workers: Optional[int] = typer.Option(None, min=0, max=64, help="The node's --workers [default: the "
+                                              "node's default]"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here (.md beside it)"),
     ) -> None:
         """Latency (last film in -> SR at the destination, settle excluded) and sustained studies/min with
@@ -143,7 +147,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from cxrkit.deploy.dicom.bench import run_bench
 
         result = run_bench(bundle, film=film, latency_studies=latency_studies, duration_s=duration,
-                           senders=senders)
+                           senders=senders, workers=workers)
         typer.echo(result["markdown"])
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,9 @@ class NodeConfig:
     webhook_identifiers: bool = False              # also send StudyInstanceUID / accession number in the webhook
     backend: str = "auto"                          # auto = fastest the bundle and machine have
     precision: str = "auto"
-    threads: int | None = None
+    threads: int | None = None                     # inference threads per worker; default: cores / workers
+    workers: int | None = None                     # processing processes; None = auto (2, 1 on one core);
+                                                   # 0 = a thread of the node's own process
 
     def __post_init__(self) -> None:
         _check(_AET.match(self.ae_title or "") is not None, "ae_title",
@@ -85,6 +87,8 @@ class NodeConfig:
         for key in ("acse_timeout", "dimse_timeout", "network_timeout", "retry_base_seconds", "retry_max_seconds"):
             _check(getattr(self, key) > 0, key, "must be a positive number of seconds")
         _check(self.settle_seconds >= 0, "settle_seconds", "must be >= 0 seconds")
+        _check(self.workers is None or 0 <= self.workers <= 64, "workers", "must be auto or 0-64")
+        _check(self.threads is None or self.threads >= 1, "threads", "must be a positive integer")
         _check(self.max_attempts >= 1, "max_attempts", "must be at least 1")
         _check(self.retention in RETENTION, "retention", f"{self.retention!r}: choose one of {', '.join(RETENTION)}")
         _check(self.webhook_url is None or str(self.webhook_url).startswith(("http://", "https://")), "webhook_url",
@@ -112,7 +116,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return tuple(v.strip() for v in items if v.strip())
     if key == "spool":
         return Path(value)
-    if key in ("webhook_url", "threads") and value is None:
+    if key in ("webhook_url", "threads", "workers") and value is None:
         return None
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -127,6 +131,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if key == "threads":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise NodeConfigError(f"node config threads: a positive integer, not {value!r}")
+        return value
+    if key == "workers":
+        if value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+            raise NodeConfigError(f"node config workers: \"auto\" or a whole number 0-64 (0 = process in the "
+                                  f"node's own process), not {value!r}")
         return value
     if not isinstance(value, str):
         raise NodeConfigError(f"node config {key}: a string, not {value!r}")

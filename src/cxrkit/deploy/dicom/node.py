@@ -1,7 +1,8 @@
-"""The running node: the SCP, a study assembler + processor thread and a delivery thread over one spool.
+"""The running node: the SCP, the study processing (worker processes, or a thread with ``workers = 0``) and a
+delivery thread over one spool.
 
 ``Node(bundle, config).run()`` blocks until SIGTERM/SIGINT (``cxr node``); ``start()`` / ``stop()`` for tests and
-embedding. Nothing is held only in memory: every thread works from the spool, so a restart continues where a
+embedding. Nothing is held only in memory: every part works from the spool, so a restart continues where a
 killed node stopped (pending studies processed, undelivered results re-sent).
 """
 from __future__ import annotations
@@ -12,28 +13,35 @@ import time
 from pathlib import Path
 
 from cxrkit.deploy.dicom.config import NodeConfig
-from cxrkit.deploy.dicom.spool import Spool, uid_key
+from cxrkit.deploy.dicom.spool import Spool
+from cxrkit.deploy.dicom.workers import IDLE_POLL_S, Doorbell, StudyLoop, WorkerPool, auto_workers
 
 log = logging.getLogger("cxrkit.node")
-IDLE_POLL_S = 1.0   # the longest a thread sleeps when nothing is due (retries, a second process' changes)
+WATCH_S = 2.0   # how often the node checks that its workers are alive
 
 
 class Node:
     def __init__(self, bundle: str | Path, config: NodeConfig):
         from cxrkit.deploy.dicom.delivery import Delivery
-        from cxrkit.deploy.dicom.process import Processor
         from cxrkit.deploy.dicom.scp import read_uids
 
-        self.config = config
+        self.bundle, self.config = Path(bundle), config
         self.spool = Spool(config.spool)
         counts = self.spool.recover(lambda path: read_uids(path.read_bytes()))
         if any(counts.values()):
             log.info("recovered the spool after an unclean stop: %s", counts)
-        self.processor = Processor(bundle, config, self.spool)
+        self.workers = auto_workers() if config.workers is None else config.workers
+        self.processor = None
+        self.pool: WorkerPool | None = None
+        if self.workers == 0:
+            from cxrkit.deploy.dicom.process import Processor
+
+            self.processor = Processor(bundle, config, self.spool)
         self.delivery = Delivery(self.spool, config)
         self._stop = threading.Event()
         self._study_event = threading.Event()
-        self._delivery_event = threading.Event()
+        # the workers set it when results are queued, so it is a process-shared event in pool mode
+        self._delivery_event = threading.Event() if self.workers == 0 else Doorbell(WorkerPool.context())
         self._threads: list[threading.Thread] = []
         self.server = None
 
@@ -41,18 +49,29 @@ class Node:
     def start(self) -> "Node":
         from cxrkit.deploy.dicom.scp import StoreHandler, start_server
 
-        self.processor.warm_up()
-        self._threads = [threading.Thread(target=self._process_loop, name="cxr-node-process", daemon=True),
-                         threading.Thread(target=self._delivery_loop, name="cxr-node-deliver", daemon=True)]
+        if self.processor is not None:
+            self.processor.warm_up()
+            runtime = self.processor.runtime
+            described = (runtime.backend, runtime.precision, runtime.reason,
+                         self.processor.algorithm.trained_on_synthetic)
+            loop = StudyLoop(self.processor, self.spool, self.config, self._stop, self._study_event,
+                             self._delivery_event.set)
+            self._threads.append(threading.Thread(target=loop.run, name="cxr-node-process", daemon=True))
+        else:
+            self.pool = WorkerPool(self.bundle, self.config, self.workers, self._delivery_event).start()
+            described = self.pool.runtime
+            self._threads.append(threading.Thread(target=self._watch_loop, name="cxr-node-watch", daemon=True))
+        self._threads.append(threading.Thread(target=self._delivery_loop, name="cxr-node-deliver", daemon=True))
         for t in self._threads:
             t.start()
         self.server = start_server(self.config, StoreHandler(self.spool, on_stored=self._stored))
         self.port = self.server.server_address[1]
-        log.info("node %s listening on %s:%d (runtime %s/%s: %s); spool %s; destinations: %s",
-                 self.config.ae_title, self.config.host, self.port, self.processor.runtime.backend,
-                 self.processor.runtime.precision, self.processor.runtime.reason, self.spool.root,
-                 ", ".join(map(str, self.config.destinations)) or "none (results stay in the spool)")
-        if self.processor.algorithm.trained_on_synthetic:
+        backend, precision, reason, synthetic = described
+        processing = "in this process" if self.pool is None else f"{self.workers} worker process(es)"
+        log.info("node %s listening on %s:%d (runtime %s/%s: %s; processing in %s); spool %s; destinations: %s",
+                 self.config.ae_title, self.config.host, self.port, backend, precision, reason, processing,
+                 self.spool.root, ", ".join(map(str, self.config.destinations)) or "none (results stay in the spool)")
+        if synthetic:
             from cxrkit.bundle.synthetic import SYNTHETIC_WARNING
 
             log.warning(SYNTHETIC_WARNING)
@@ -67,6 +86,8 @@ class Node:
         self._stop.set()
         self._study_event.set()
         self._delivery_event.set()
+        if self.pool is not None:
+            self.pool.close(timeout)
         for t in self._threads:
             t.join(timeout)
         self.spool.close()
@@ -89,42 +110,19 @@ class Node:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def worker_pids(self) -> list[int]:
+        return self.pool.pids() if self.pool is not None else []
+
     # -- threads --------------------------------------------------------------------------------------
     def _stored(self, study_uid: str) -> None:
-        self._study_event.set()
+        if self.pool is not None:
+            self.pool.wake()
+        else:
+            self._study_event.set()
 
-    def _process_loop(self) -> None:
-        while not self._stop.is_set():
-            self._study_event.clear()  # before looking: a film stored from now on wakes the next wait
-            due, next_due = self.spool.due_studies(self.config.settle_seconds)
-            for study_uid in due:
-                if self._stop.is_set():
-                    break
-                self._process(study_uid)
-            if due:
-                continue  # more may have settled meanwhile
-            wait = IDLE_POLL_S if next_due is None else max(0.0, min(IDLE_POLL_S, next_due - time.time()))
-            self._study_event.wait(wait)
-        self.spool.close()
-
-    def _process(self, study_uid: str) -> None:
-        from cxrkit.data.errors import CxrError
-
-        try:
-            entry = self.processor.process_study(study_uid)
-        except Exception as exc:  # noqa: BLE001 - a bug on one study must not stop the node or loop forever
-            if isinstance(exc, CxrError):
-                log.warning("study %s: no results (%s); its instances are set aside (state 'failed')",
-                            uid_key(study_uid), exc)
-            else:
-                log.exception("study %s: processing failed; its instances are set aside (state 'failed')",
-                              uid_key(study_uid))
-            with self.spool.transaction() as conn:
-                conn.execute("UPDATE instances SET state = 'failed', reason = ? WHERE study_uid = ? AND "
-                             "state = 'received'", (f"processing failed: {type(exc).__name__}", study_uid))
-            return
-        if entry is not None:
-            self._delivery_event.set()
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(WATCH_S):
+            self.pool.check()
 
     def _delivery_loop(self) -> None:
         while not self._stop.is_set():
@@ -137,3 +135,4 @@ class Node:
             wait = IDLE_POLL_S if next_at is None else max(0.0, min(IDLE_POLL_S, next_at - time.time()))
             self._delivery_event.wait(wait)
         self.spool.close()
+
