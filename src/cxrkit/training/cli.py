@@ -47,6 +47,9 @@ def train_command(
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="Write TensorBoard event files to the run folder.",
                                                show_default="on"),
+    quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate",
+                                                help="Fit the bundle's input quality gate on the training films.",
+                                                show_default="on"),
 ) -> None:
     """Train a classifier on a prepared cache (CheXNet recipe by default); ends with RUN_DIR/bundle."""
     from cxrkit import RESEARCH_NOTICE
@@ -59,7 +62,8 @@ def train_command(
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
-                "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard}
+                "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
+                "quality_gate": quality_gate}
     stored = out / CONFIG_NAME
     if resume and stored.is_file():
         given = {**(read_config_file(config) if config else {}), **{k: v for k, v in explicit.items() if v is not None}}
