@@ -3,15 +3,14 @@ and `cxr evaluate --split all` scoring every row of a cache with CIs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from test_data_cli import make_nih
+from test_datasets import write_chexpert
 from typer.testing import CliRunner
 
 from cxrkit.cli import build_app
 from cxrkit.data.errors import CxrError
-from test_data_cli import make_nih
-from test_datasets import write_chexpert
 
 runner = CliRunner()
 
