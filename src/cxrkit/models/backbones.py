@@ -1,7 +1,7 @@
 """Backbone builders: every one returns (module mapping B x 1 x H x W -> B x F x h x w, F)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Callable
 
 import torch
 from torch import nn

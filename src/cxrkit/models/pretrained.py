@@ -27,7 +27,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
         raise PretrainedError(f"could not read pretrained weights {path}: {exc}") from exc
     for key in ("state_dict", "model", "model_state"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -82,7 +82,7 @@ def load_from_hub(backbone: nn.Module, name: str, in_chans: int) -> None:
             import timm
 
             state = timm.create_model(TIMM_ALIASES.get(name, name.removeprefix("timm:")), pretrained=True).state_dict()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise PretrainedError(
             f"could not download ImageNet weights for {name!r} ({type(exc).__name__}: {exc}). This machine may be "
             "offline: download the torchvision/timm weights file elsewhere and pass its path as pretrained=PATH"
