@@ -277,3 +277,26 @@ def test_pretrained_kind_initialises_backbone_and_normalisation(tmp_path):
     assert m2.stem is not None and m2.input_norm == (0.0, 1.0)
     ref = load_bundle(bundle).model
     torch.testing.assert_close(m2.backbone.features.conv0.weight, ref.backbone.features.conv0.weight)
+
+
+# -- input normalisation: the bundle records it, the predictor warns on films that disagree ---------------
+
+def test_predictor_warns_on_inverted_or_squashed_films(tmp_path, make_tiny_bundle, shared_data, caplog):
+    import glob
+
+    from cxrkit.data.decode import read_image
+
+    pred = load_bundle(make_tiny_bundle(tmp_path / "b"))
+    assert pred.config["input"]["polarity"] == "MONOCHROME2"
+    from cxrkit.data.intensity import inversion_contrast
+    from cxrkit.data.transforms import fit_square
+
+    files = sorted(glob.glob(str(shared_data / "nih-sample" / "**" / "*.png"), recursive=True))[:20]
+    # a clearly typical film (most are: the median contrast of real films is 0.28)
+    real = next(im for im in map(read_image, files) if inversion_contrast(fit_square(im, 128)[0]) > 0.2)
+    squashed = (real // 8).astype(np.uint8)  # what a 12-bit film cut to 8 bits without its window looks like
+    with caplog.at_level("WARNING"):
+        out = pred.predict_full([real, 255 - real, squashed])
+    ok, inverted, low = out["input_warning"]
+    assert ok == "" and "looks inverted" in inverted and "use only" in low
+    assert "2 of 3 input films do not match" in caplog.text

@@ -32,7 +32,9 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap optimiser steps per epoch."),
     seed: Optional[int] = typer.Option(None, help="Seed of init, shuffling and augmentation.", show_default="0"),
     device: Optional[str] = typer.Option(None, help="Device: auto | cpu | cuda | cuda:N."),
-    pretrained: Optional[str] = typer.Option(None, help="Local weights file, a bundle folder, or 'hub'."),
+    pretrained: Optional[str] = typer.Option(None, help="Backbone initialisation: a torchvision/timm weights file, "
+                                                        "a bundle folder, KIND:FILE (e.g. xrv-densenet121:FILE; "
+                                                        "see cxr import) or 'hub'."),
     head: Optional[str] = typer.Option(None, help="Classifier head: linear | attention.", show_default="linear"),
     normal_head: Optional[bool] = typer.Option(None, "--normal-head/--no-normal-head",
                                                help="Add a normal-vs-abnormal output beside the findings.",
