@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_training import make_tiny_nih
 
 SRC = Path(__file__).resolve().parents[1] / "src"

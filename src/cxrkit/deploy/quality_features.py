@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cxrkit.data.intensity import inversion_contrast  # noqa: F401 - re-exported
+from cxrkit.data.intensity import inversion_contrast  # also imported from here by deploy.quality
 from cxrkit.data.transforms import fit_square
 
 FEATURE_SIZE = 128      # every image is brought to this square (fit_square, as the model sees it) first

@@ -20,7 +20,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             help="Architecture of a torchvision / timm checkpoint (e.g. resnet50, timm:convnext_small).",
             show_default="densenet121 for torchvision")] = None,
         xrv_weights: Annotated[Optional[str], typer.Option(
-            "--xrv-weights", help="torchxrayvision weights name (e.g. densenet121-res224-nih), for its label list "
+            "--xrv-weights", help="Weights name in torchxrayvision (e.g. densenet121-res224-nih), for its label list "
                                   "and operating points.", show_default="found from the release file name")] = None,
         trust_pickle: Annotated[bool, typer.Option(
             "--trust-pickle", help="Allow unpickling a whole-model file (jrzech): this runs code from the file; "
