@@ -300,3 +300,25 @@ def test_predictor_warns_on_inverted_or_squashed_films(tmp_path, make_tiny_bundl
     ok, inverted, low = out["input_warning"]
     assert ok == "" and "looks inverted" in inverted and "use only" in low
     assert "2 of 3 input films do not match" in caplog.text
+
+
+def test_pretrained_torchvision_kind_uses_the_run_arch_and_exports(tmp_path):
+    """torchvision:FILE takes the run's --arch (the file does not name one), keeps the exact RGB stem, and the
+    stem survives ONNX export (its constants travel in the graph)."""
+    import timm
+
+    from cxrkit.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(9)
+        net = timm.create_model("resnet18", pretrained=False)
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    model = create_model("resnet18", 2, pretrained=f"torchvision:{tmp_path / 'r18.pth'}")
+    assert model.stem is not None and model.input_norm == (0.0, 1.0)
+    torch.testing.assert_close(model.backbone.model.conv1.weight, net.conv1.weight)
+    pytest.importorskip("onnxruntime")
+    from cxrkit.deploy.export import export_onnx
+
+    bundle = save_imported(import_weights("torchvision", tmp_path / "r18.pth", arch="resnet18"), tmp_path / "b")
+    report = export_onnx(bundle)  # cxrkit's own export, with its parity check against the torch predictor
+    assert report["max_abs_diff"] <= report["tolerance"]

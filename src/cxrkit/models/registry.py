@@ -92,7 +92,7 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
     if pretrained is not None and str(pretrained) != "hub":
         from cxrkit.models.imports import backbone_source
 
-        imported = backbone_source(pretrained)
+        imported = backbone_source(pretrained, arch=name)
         if imported is not None:
             if imported.arch != name:
                 raise CxrError(f"--pretrained {pretrained} holds a {imported.arch} but the architecture is {name!r};"

@@ -60,9 +60,10 @@ def split_kind(pretrained: str | Path) -> tuple[str | None, str]:
     return (kind, rest) if sep and kind in KINDS else (None, text)
 
 
-def backbone_source(pretrained: str | Path) -> Imported | None:
+def backbone_source(pretrained: str | Path, arch: str | None = None) -> Imported | None:
     """What ``--pretrained`` initialises a backbone from when it names an import: ``KIND:FILE`` or a bundle
-    directory. None for a plain torchvision/timm file (cxrkit's one-channel summed-stem path) and for 'hub'."""
+    directory. None for a plain torchvision/timm file (cxrkit's one-channel summed-stem path) and for 'hub'.
+    ``arch``: the run's architecture, which a torchvision/timm checkpoint does not name itself."""
     kind, path = split_kind(pretrained)
     if kind is None and Path(path).is_dir():
         kind = "bundle"
@@ -71,7 +72,7 @@ def backbone_source(pretrained: str | Path) -> Imported | None:
     if kind == "chexnet-jrzech":
         raise ImportWeightsError("a jrzech checkpoint is a pickle: convert it once with `cxr import chexnet-jrzech "
                                  "FILE --out BUNDLE --trust-pickle`, then pass --pretrained BUNDLE")
-    return import_weights(kind, path)
+    return import_weights(kind, path, arch=arch if kind in ("torchvision", "timm") else None)
 
 
 __all__ = ["KINDS", "ImportWeightsError", "Imported", "backbone_source", "import_weights", "split_kind"]
