@@ -52,14 +52,17 @@ def rgb_imagenet(img: np.ndarray) -> torch.Tensor:
 
 # -- torchxrayvision ------------------------------------------------------------------------------------------
 
-xrv = pytest.importorskip("torchxrayvision")
+@pytest.fixture(scope="module")
+def xrv():
+    """torchxrayvision itself (the `imports` extra): the reference side of its parity tests."""
+    return pytest.importorskip("torchxrayvision")
 
 
-def xrv_file(cache_dir: Path, weights: str) -> Path:
+def xrv_file(xrv, cache_dir: Path, weights: str) -> Path:
     return cache_dir / os.path.basename(xrv.models.model_urls[weights]["weights_url"])
 
 
-def xrv_reference(model, img: np.ndarray, size: int) -> np.ndarray:
+def xrv_reference(xrv, model, img: np.ndarray, size: int) -> np.ndarray:
     """torchxrayvision's own pipeline: normalize to [-1024, 1024], channel axis, centre crop, resize, model."""
     import torchvision
 
@@ -70,7 +73,7 @@ def xrv_reference(model, img: np.ndarray, size: int) -> np.ndarray:
         return model(torch.from_numpy(x).unsqueeze(0)).numpy()[0]
 
 
-def test_xrv_densenet_parity(tmp_path):
+def test_xrv_densenet_parity(tmp_path, xrv):
     weights = "densenet121-res224-all"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -78,13 +81,13 @@ def test_xrv_densenet_parity(tmp_path):
     settle_batchnorm(src, (2, 1, 64, 64), 2048)
     with torch.no_grad():
         src.classifier.weight.mul_(0.2)
-    path = xrv_file(tmp_path, weights)
+    path = xrv_file(xrv, tmp_path, weights)
     torch.save(src, path)
 
     ref_model = xrv.models.DenseNet(weights=weights, cache_dir=str(tmp_path))  # loads our file, sets op_threshs
     assert ref_model.op_threshs is not None
     img = film(224)
-    ref = dict(zip(ref_model.targets, xrv_reference(ref_model, img, 224)))
+    ref = dict(zip(ref_model.targets, xrv_reference(xrv, ref_model, img, 224)))
 
     bundle = save_imported(import_weights("xrv-densenet121", path), tmp_path / "bundle")
     pred = load_bundle(bundle)
@@ -100,7 +103,7 @@ def test_xrv_densenet_parity(tmp_path):
                                                                         "Enlarged Cardiomediastinum"]
 
 
-def test_xrv_densenet_pickle_never_runs_code(tmp_path):
+def test_xrv_densenet_pickle_never_runs_code(tmp_path, xrv):
     """The DenseNet release files are pickles: a file whose pickle would run a command is refused, not run."""
     marker = tmp_path / "ran"
 
@@ -115,7 +118,7 @@ def test_xrv_densenet_pickle_never_runs_code(tmp_path):
     assert not marker.exists()
 
 
-def test_xrv_resnet_parity(tmp_path):
+def test_xrv_resnet_parity(tmp_path, xrv):
     weights = "resnet50-res512-all"
     import torchvision
 
@@ -126,12 +129,12 @@ def test_xrv_resnet_parity(tmp_path):
     settle_batchnorm(net, (2, 1, 128, 128), 2048)
     with torch.no_grad():
         net.fc.weight.mul_(0.05)
-    path = xrv_file(tmp_path, weights)
+    path = xrv_file(xrv, tmp_path, weights)
     torch.save(net.state_dict(), path)  # xrv's ResNet files are plain state dicts of this torchvision model
 
     ref_model = xrv.models.ResNet(weights=weights, cache_dir=str(tmp_path))
     img = film(512, seed=3)
-    ref = dict(zip(ref_model.targets, xrv_reference(ref_model, img, 512)))
+    ref = dict(zip(ref_model.targets, xrv_reference(xrv, ref_model, img, 512)))
     pred = load_bundle(save_imported(import_weights("xrv-resnet50", path), tmp_path / "bundle"))
     want = np.array([ref[n] for n in pred.label_names])
     assert spread(want) > 0.02 and pred.config["input"]["size"] == 512
@@ -256,7 +259,7 @@ def test_timm_backbone_parity(tmp_path, suffix):
 
 # -- --pretrained KIND:FILE and a bundle as initialisation ----------------------------------------------------
 
-def test_pretrained_kind_initialises_backbone_and_normalisation(tmp_path):
+def test_pretrained_kind_initialises_backbone_and_normalisation(tmp_path, xrv):
     from cxrkit.models import create_model
 
     with torch.random.fork_rng(devices=[]):

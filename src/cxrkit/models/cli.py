@@ -13,7 +13,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("import")
     def import_cmd(
         kind: Annotated[str, typer.Argument(help="Source format: torchvision, timm, xrv-densenet121, xrv-resnet50, "
-                                                 "chexnet-arnoweng, chexnet-jrzech or bundle.")],
+                                                 "chexnet-arnoweng or chexnet-jrzech.")],
         file: Annotated[Path, typer.Argument(help="The weights file (or bundle folder) to import.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (new or empty).")],
         arch: Annotated[Optional[str], typer.Option(
@@ -31,6 +31,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from cxrkit.models.imports import import_weights
         from cxrkit.models.imports.save import save_imported
 
+        if kind == "bundle":
+            from cxrkit.models.imports import ImportWeightsError
+
+            raise ImportWeightsError(f"{file} is already a bundle: use it as it is, or pass --pretrained {file} to "
+                                     "cxr train to start a new task from it")
         imported = import_weights(kind, file, trust_pickle=trust_pickle, arch=arch, weights_name=xrv_weights)
         path = save_imported(imported, out)
         inp = imported.input

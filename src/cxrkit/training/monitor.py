@@ -38,6 +38,8 @@ class Monitor:
         self.writer = None
         self.progress = None
         self._task = None
+        self.quiet, self.lines = quiet, False
+        self._epoch, self._epochs, self._total, self._done, self._every = 0, 0, 0, 0, 1
         if not enabled:
             return
         if tensorboard:
@@ -53,10 +55,8 @@ class Monitor:
                                      TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                      console=Console(stderr=True), transient=False)
             self.progress.start()
-        self.quiet = quiet
         # without a terminal (CI logs, nohup, a pipe) the bar is off, so plain lines carry the progress instead
-        self.lines = enabled and not quiet and self.progress is None
-        self._epoch, self._epochs, self._total, self._done, self._every = 0, 0, 0, 0, 1
+        self.lines = not quiet and self.progress is None
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int = 0) -> None:
         self._epoch, self._epochs, self._total, self._done = epoch, epochs, total, done
