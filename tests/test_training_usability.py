@@ -21,7 +21,7 @@ def cxr(*args, cwd: Path) -> subprocess.CompletedProcess:
     """The real `cxr` with stdout/stderr as pipes: not a terminal, like CI logs and nohup."""
     code = "import sys; from cxrkit.cli import main; sys.argv[0] = 'cxr'; main()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")
