@@ -94,7 +94,9 @@ def test_run_outputs(reference_run, tiny):
     bundle = json.loads((run / "bundle" / "config.json").read_text())
     assert bundle["threshold_policy"] == "youden-validation"
     assert bundle["input"] == {"size": 64, "preresize": 64, "channels": 1, "resize": "fit_square",
-                               "mean": pytest.approx(0.449), "std": pytest.approx(0.226)}
+                               "mean": pytest.approx(0.449), "std": pytest.approx(0.226),
+                               "range": [pytest.approx(-0.449 / 0.226), pytest.approx(0.551 / 0.226)],
+                               "polarity": "MONOCHROME2"}
     prov = bundle["provenance"]
     for key in ("git_commit", "data_manifest_hash", "data_source", "package_versions", "train_config", "seed"):
         assert key in prov

@@ -15,6 +15,7 @@ from cxrkit import RESEARCH_NOTICE, __version__
 
 STAGE_CLIS = (
     "cxrkit.data.cli",
+    "cxrkit.models.cli",
     "cxrkit.training.cli",
     "cxrkit.tuning.cli",
     "cxrkit.evaluation.cli",

@@ -2,6 +2,7 @@
 and the torch predictor (whose ``load_bundle`` loads ensembles too) need not import each other."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 from cxrkit.data.transforms import fit_square
+
+log = logging.getLogger(__name__)
 
 
 class BasePredictor:
@@ -50,14 +53,28 @@ class BasePredictor:
         return self.predict_full(images, batch_size)["probs"]
 
     def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
-        """All outputs of :meth:`forward_uint8` for uint8 grey images, in batches."""
+        """All outputs of :meth:`forward_uint8` for uint8 grey images, in batches, plus ``input_warning`` (one
+        string per image, '' when its polarity and intensity range fit the bundle's ``input`` record)."""
         parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
                  for i in range(0, len(images), batch_size)]
         if not parts:
             c = len(self.label_names)
             return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
-                    "abnormality": np.zeros(0, np.float32)}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                    "abnormality": np.zeros(0, np.float32), "input_warning": np.zeros(0, dtype=object)}
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out["input_warning"] = self.input_warnings(images)
+        return out
+
+    def input_warnings(self, images) -> np.ndarray:
+        """Per image, why it does not look like the films the model was trained on ('' when it does); logged."""
+        from cxrkit.bundle.input_check import input_warning
+
+        warnings = np.array([input_warning(np.asarray(im), self.config["input"]) for im in images], dtype=object)
+        flagged = [i for i, w in enumerate(warnings) if w]
+        if flagged:
+            log.warning("%d of %d input films do not match the model's input record: image %d: %s", len(flagged),
+                        len(warnings), flagged[0], warnings[flagged[0]])
+        return warnings
 
     def positives(self, probs: np.ndarray) -> np.ndarray:
         return probs >= self.thresholds

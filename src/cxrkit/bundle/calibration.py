@@ -9,6 +9,7 @@ def apply_calibration(logits: np.ndarray, calibration: dict | None) -> np.ndarra
 
     ``{"method": "temperature", "temperature": [T_c]}``: sigmoid(logit / T_c).
     ``{"method": "isotonic", "x": [[...]], "y": [[...]]}``: piecewise-linear map of the raw probability per class.
+    ``{"method": "op_norm", "thresholds": [t_c]}``: torchxrayvision's operating-point normalisation (:func:`op_norm`).
     """
     logits = np.asarray(logits, dtype=np.float64)
     if not calibration:
@@ -23,4 +24,16 @@ def apply_calibration(logits: np.ndarray, calibration: dict | None) -> np.ndarra
         for c, (xs, ys) in enumerate(zip(calibration["x"], calibration["y"])):
             out[:, c] = np.interp(p[:, c], xs, ys) if len(xs) else p[:, c]
         return out.astype(np.float32)
+    if method == "op_norm":
+        return op_norm(1.0 / (1.0 + np.exp(-logits)), calibration["thresholds"]).astype(np.float32)
     raise ValueError(f"unknown calibration method {method!r}")
+
+
+def op_norm(p: np.ndarray, thresholds) -> np.ndarray:
+    """torchxrayvision's operating-point normalisation: per class, the piecewise-linear map sending 0, t, 1 to 0,
+    0.5, 1 (its published operating point t becomes 0.5). Monotone, so rankings and AUROC are unchanged; a class
+    without a threshold (NaN) is 0.5 everywhere, as in xrv."""
+    t = np.asarray(thresholds, dtype=np.float64).reshape(1, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(p < t, p / (2 * t), 1.0 - (1.0 - p) / ((1.0 - t) * 2))
+    return np.where(np.isnan(t), 0.5, out)

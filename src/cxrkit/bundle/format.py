@@ -52,8 +52,11 @@ def save_bundle(out_dir: str | Path, model: torch.nn.Module | None, *, label_nam
         "format_version": BUNDLE_VERSION,
         "notice": RESEARCH_NOTICE,
         "model": model.spec() if model is not None else None,
+        # range: what the network sees, (pixel/255 - mean)/std over pixels 0..255; polarity: bright bone
+        # (MONOCHROME2), the way read_image delivers every film; the predictor warns on inputs that disagree
         "input": {"size": int(input_size), "preresize": int(preresize or input_size), "channels": 1,
-                  "resize": "fit_square", "mean": float(mean), "std": float(std)},
+                  "resize": "fit_square", "mean": float(mean), "std": float(std),
+                  "range": [float(-mean / std), float((1.0 - mean) / std)], "polarity": "MONOCHROME2"},
         "label_names": label_names,
         "thresholds": {n: float(thresholds[n]) for n in label_names},
         "calibration": None,

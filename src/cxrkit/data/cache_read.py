@@ -87,9 +87,12 @@ class Cache:
                 f"splits={ {k: counts.get(k, 0) for k in SPLITS} })")
 
     def rows(self, split: str) -> np.ndarray:
-        """int64 row numbers (into ``index`` and ``images``) of ``split`` ("train", "val" or "test")."""
+        """int64 row numbers (into ``index`` and ``images``) of ``split`` ("train", "val", "test", or "all": every
+        row, e.g. a whole external set)."""
+        if split == "all":
+            return np.arange(len(self.index), dtype=np.int64)
         if split not in SPLITS:
-            raise CacheError(f"unknown split {split!r}; a cache has splits {SPLITS}")
+            raise CacheError(f"unknown split {split!r}; a cache has splits {SPLITS} (or 'all' for every row)")
         return np.flatnonzero(self.index["split"].to_numpy() == split).astype(np.int64)
 
     def labels(self, rows=None) -> np.ndarray:

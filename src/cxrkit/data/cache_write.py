@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 IDENTITY = ("source", "size", "label_names")
 
 
+SPLIT_POLICIES = ("auto", "patient", "none")
+
+
 def prepare(source, out, *, size: int = 256, format: str = "auto", split_seed: int = 0,
-            fractions=(0.7, 0.1, 0.2), workers: int | None = None, overwrite: bool = False, progress: bool = True,
-            chunk_rows: int = 64, **dataset_kw) -> Cache:
+            fractions=(0.7, 0.1, 0.2), split: str = "auto", workers: int | None = None, overwrite: bool = False,
+            progress: bool = True, chunk_rows: int = 64, **dataset_kw) -> Cache:
     """Decode + :func:`~cxrkit.data.transforms.fit_square` every image of ``source`` once into the cache ``out``.
 
     Args:
@@ -44,6 +47,9 @@ def prepare(source, out, *, size: int = 256, format: str = "auto", split_seed: i
             different one is refused unless ``overwrite``.
         size: side of the square images, in pixels.
         split_seed, fractions: patient split (the official split wins where the dataset ships one).
+        split: ``"auto"`` (the official split where the source ships one, else a patient split), ``"patient"``
+            (a patient split, official lists ignored) or ``"none"`` (every image ``test``: an external set that
+            is only ever scored).
         workers: decoding processes (default: all cores).
         chunk_rows: images per resumable unit of work (kept from the first run when resuming).
 
@@ -60,10 +66,12 @@ def prepare(source, out, *, size: int = 256, format: str = "auto", split_seed: i
     dataset = open_dataset(source, format=format, **dataset_kw)
     if len(dataset) == 0:
         raise CacheError(f"the dataset at {source} has no images to prepare")
-    table, split_info = _plan(dataset, split_seed, fractions)
+    if split not in SPLIT_POLICIES:
+        raise CacheError(f"split={split!r}: choose one of {', '.join(SPLIT_POLICIES)}")
+    table, split_info = _plan(dataset, split_seed, fractions, split)
     request = {"source": _source_id(source, dataset), "reader": type(dataset).__name__, "size": size,
                "label_names": list(dataset.label_names), "split_seed": split_seed, "fractions": list(fractions),
-               "n_rows": len(table), "plan_hash": _plan_hash(table, dataset.label_names)}
+               "split": split, "n_rows": len(table), "plan_hash": _plan_hash(table, dataset.label_names)}
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         try:
@@ -143,19 +151,33 @@ def _prepare_locked(dataset, table, split_info, request, out: Path, *, format, c
 # -- planning -------------------------------------------------------------------------------------------------
 
 
-def _plan(dataset, seed: int, fractions) -> tuple[pd.DataFrame, dict]:
+def _plan(dataset, seed: int, fractions, policy: str = "auto") -> tuple[pd.DataFrame, dict]:
     """The dataset table with a ``split`` column; the leakage check runs here already, before any decoding."""
-    from cxrkit.data.splits import check_leakage, official_or_patient_split, patient_split
+    from cxrkit.data.splits import _check_fractions, check_leakage, official_or_patient_split, patient_split
 
+    _check_fractions(fractions)
     table = dataset.table.copy()
-    official = table["official_split"].notna().any()
-    if official:
+    listed = table["official_split"].notna() if "official_split" in table else pd.Series(False, index=table.index)
+    official = policy == "auto" and bool(listed.any())
+    n_unlisted = int((~listed).sum()) if official else 0
+    if policy == "none":
+        split = np.full(len(table), "test", dtype=object)
+    elif official:
         split = official_or_patient_split(table, dataset.label_names, fractions=fractions, seed=seed)
+        if n_unlisted:
+            # e.g. NIH images missing from both train_val_list.txt and test_list.txt: they can only go to the
+            # splits carved by patient (train/val), which users should hear about rather than find out later
+            log.warning("%d of %d images are in none of the source's official split lists; they were split by "
+                        "patient into the splits the source does not fix (e.g. train/val, never the official test)",
+                        n_unlisted, len(table))
     else:
         split = patient_split(table, dataset.label_names, fractions=fractions, seed=seed)
     table["split"] = np.asarray(split, dtype=object)
     check_leakage(table, split_col="split", patient_col="patient_id")
-    info = {"policy": "official+patient" if official else "patient", "seed": seed, "fractions": list(fractions)}
+    name = {"none": "none", "patient": "patient"}.get(policy, "official+patient" if official else "patient")
+    info = {"policy": name, "seed": seed, "fractions": [float(f) for f in fractions]}
+    if official:
+        info["n_unlisted"] = n_unlisted
     return table, info
 
 
@@ -179,9 +201,9 @@ def _claim_folder(out: Path, request: dict, overwrite: bool) -> dict | None:
             raise CacheError(f"{out} already holds a {state} cache of {old.get('source')} at size {old.get('size')} "
                              f"with {len(old.get('label_names') or ())} labels (differs in {', '.join(diff)}); "
                              "pass --overwrite to replace it, or pick another folder")
-        for key, what in (("split_seed", "split seed"), ("fractions", "split fractions"), ("reader", "reader"),
-                          ("plan_hash", "label table / file list")):
-            if old.get(key) != request[key]:
+        for key, what in (("split_seed", "split seed"), ("fractions", "split fractions"), ("split", "split policy"),
+                          ("reader", "reader"), ("plan_hash", "label table / file list")):
+            if old.get(key, "auto" if key == "split" else None) != request[key]:  # caches before --split: auto
                 raise CacheError(f"{out} holds a {state} cache of the same source but a different {what} "
                                  f"({old.get(key)} vs {request[key]}); the source changed or other options were "
                                  "given: pass --overwrite to rebuild it, or pick another folder")
@@ -209,6 +231,7 @@ def _start(out: Path, dataset, request: dict, *, format: str, chunk_rows: int) -
         "source": {"path": request["source"], "format": format, "reader": request["reader"],
                    "dataset": repr(dataset), "name": getattr(dataset, "source", None)},
         "label_names": request["label_names"],
+        "label_policy": _label_policy(dataset),
         "size": request["size"],
         "chunk_rows": chunk_rows,
         "request": request,
@@ -217,6 +240,14 @@ def _start(out: Path, dataset, request: dict, *, format: str, chunk_rows: int) -
     }
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _label_policy(dataset) -> dict | None:
+    """How uncertain / blank labels became targets, for readers that decide it (CheXpert's per-class policy)."""
+    policies = getattr(dataset, "policies", None)
+    if policies is None:
+        return None
+    return {"uncertainty": dict(policies), "blank": getattr(dataset, "blank", None)}
 
 
 # -- tables ---------------------------------------------------------------------------------------------------

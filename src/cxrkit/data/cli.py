@@ -47,6 +47,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         format: Annotated[str, typer.Option(help="Dataset format: auto, nih, chexpert, csv or dicom.")] = "auto",
         workers: Annotated[Optional[int], typer.Option(help="Decoding processes.", show_default="all cores")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+        split: Annotated[str, typer.Option(
+            help="Split policy: auto (the source's official split where it ships one, else by patient), patient "
+                 "(by patient, official lists ignored) or none (every image test: an external set to score).")]
+        = "auto",
+        fractions: Annotated[str, typer.Option(
+            help="Train,val,test shares of the patient split (an official test list stays test), e.g. 0.8,0.2,0.")]
+        = "0.7,0.1,0.2",
+        uncertainty: Annotated[Optional[str], typer.Option(
+            help="CheXpert uncertain (-1) labels: ignore, zeros, ones, lsr-ones, lsr-zeros, chexpert-best, or "
+                 "per class, e.g. zeros,Atelectasis=ones,Edema=ones (a bare policy covers the classes not named).",
+            show_default="ignore")] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace a different cache already in OUT.")] = False,
         chunk_rows: Annotated[int, typer.Option(help="Images per resumable unit of work.")] = 64,
         quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -54,12 +65,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """Decode and resize every image once into a memory-mapped cache for fast training."""
         from cxrkit.data.cache import prepare as run
 
-        cache = run(source, out, size=size, format=format, split_seed=seed, workers=workers, overwrite=overwrite,
-                    progress=not quiet, chunk_rows=chunk_rows)
+        extra = {}
+        if uncertainty is not None:
+            extra["uncertainty"] = _uncertainty_for(source, format, uncertainty)
+        cache = run(source, out, size=size, format=format, split_seed=seed, fractions=_fractions(fractions),
+                    split=split, workers=workers, overwrite=overwrite, progress=not quiet, chunk_rows=chunk_rows,
+                    **extra)
         m = cache.manifest
         counts = ", ".join(f"{k} {v}" for k, v in m["split"]["counts"].items())
-        typer.echo(f"cache {out}: {m['n_images']} images of {m['size']} px ({counts}); "
-                   f"{m['n_bad']} unreadable" + (f", see {out / 'bad_files.csv'}" if m["n_problems"] else ""))
+        typer.echo(f"cache {out}: {m['n_images']} images of {m['size']} px ({counts}; split {m['split']['policy']}"
+                   f"); {m['n_bad']} unreadable" + (f", see {out / 'bad_files.csv'}" if m["n_problems"] else ""))
+        if m["split"].get("n_unlisted"):
+            typer.echo(f"note: {m['split']['n_unlisted']} images are in none of the source's official split lists "
+                       "(NIH: train_val_list.txt / test_list.txt); they were split by patient into train/val")
+        if m.get("label_policy"):
+            pol = m["label_policy"]["uncertainty"]
+            kinds = sorted(set(pol.values()))
+            shown = kinds[0] if len(kinds) == 1 else ", ".join(f"{k}={v}" for k, v in pol.items() if v != "ignore")
+            typer.echo(f"uncertain labels: {shown} (recorded in {out / 'manifest.json'})")
 
     @groups["data"].command("summary")
     def summary(
@@ -111,3 +134,28 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         typer.echo(f"{r['images']} images of {r['size']} px per epoch on {r['device']} (pin {r['pin_memory']}): "
                    f"{r['img_s']:.0f} img/s ({r['mb_s']:.0f} MB/s)")
         typer.echo(json.dumps(r))
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    from cxrkit.data.errors import DatasetError
+
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise DatasetError(f"--fractions {text!r}: give three comma-separated shares train,val,test, e.g. 0.7,0.1,0.2")
+    return parts  # type: ignore[return-value]
+
+
+def _uncertainty_for(source: Path, format: str, text: str):
+    """--uncertainty only means something to the CheXpert reader: refuse it for other sources instead of ignoring."""
+    from cxrkit.data.datasets import detect_format
+    from cxrkit.data.datasets.chexpert import parse_uncertainty
+    from cxrkit.data.errors import DatasetError
+
+    kind = detect_format(source) if format == "auto" else format
+    if kind != "chexpert":
+        raise DatasetError(f"--uncertainty applies to CheXpert label tables (-1 = uncertain), but {source} reads as "
+                           f"{kind}; drop --uncertainty (or pass --format chexpert for a CheXpert CSV)")
+    return parse_uncertainty(text)

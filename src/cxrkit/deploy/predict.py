@@ -130,6 +130,8 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                         "probs": {n: float(p) for n, p in zip(predictor.label_names, out["probs"][j])},
                         "quality_ok": bool(verdicts[j]["ok"]), "quality_score": verdicts[j]["score"],
                         "quality_reason": verdicts[j]["reason"], **_header_fields(meta)})
+                    if "input_warning" in out:
+                        row["input_warning"] = str(out["input_warning"][j])
                     if heatmaps is not None:
                         stem = f"{row['index']:06d}_{paths[start + k].stem}"
                         row["heatmaps"] = _heatmaps(predictor, image, out["probs"][j], pos[j], heatmaps, stem)
@@ -183,8 +185,8 @@ def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: 
 
 # -- output ---------------------------------------------------------------------------------------
 CSV_FIXED = ["index", "path", "status", "error", "abnormality", "findings"]
-CSV_TAIL = ["quality_ok", "quality_score", "quality_reason", "modality", "body_part", "view", "header_ok",
-            "header_reason", "width", "height", "heatmaps"]
+CSV_TAIL = ["quality_ok", "quality_score", "quality_reason", "input_warning", "modality", "body_part", "view",
+            "header_ok", "header_reason", "width", "height", "heatmaps"]
 
 
 def output_format(out: str | Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cxrkit.data.intensity import inversion_contrast  # also imported from here by deploy.quality
 from cxrkit.data.transforms import fit_square
 
 FEATURE_SIZE = 128      # every image is brought to this square (fit_square, as the model sees it) first
@@ -40,16 +41,6 @@ def handcrafted_features(image_u8: np.ndarray) -> np.ndarray:
     hog = _hog(cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA))
     # sqrt of the histogram (Hellinger embedding) makes Gaussian modelling of proportions better behaved
     return np.concatenate([np.sqrt(hist), thumb.ravel(), asym, stats, hog]).astype(np.float32)
-
-
-def inversion_contrast(img: np.ndarray) -> float:
-    """Mediastinum minus lung-field brightness in the middle of the film (positive on a normal chest film,
-    negative when the intensities are inverted). ``img`` is a square uint8 fit_square image."""
-    n = img.shape[0]
-    band = img[int(0.3 * n):int(0.65 * n)].astype(np.float32) / 255.0
-    centre = band[:, int(0.45 * n):int(0.55 * n)].mean()
-    lungs = np.concatenate([band[:, int(0.18 * n):int(0.35 * n)], band[:, int(0.65 * n):int(0.82 * n)]], axis=1)
-    return float(centre - lungs.mean())
 
 
 def colourfulness(image: np.ndarray, order: str = "bgr") -> float:

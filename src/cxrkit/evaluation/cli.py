@@ -19,7 +19,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def evaluate_cmd(
         bundle: Annotated[Path, typer.Argument(help="Model bundle (or ensemble bundle) directory.")],
         cache: Annotated[Path, typer.Argument(help="Cache folder made by cxr prepare.")],
-        split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+        split: Annotated[str, typer.Option(help="Split to evaluate on: train, val, test, or all (every row, e.g. "
+                                                "an external set prepared with --split none).")] = "test",
         out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and report.html.")] = Path("eval"),
         n_boot: Annotated[int, typer.Option(help="Patient-bootstrap replicates for the 95% CIs.")] = 1000,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the triage simulation.")] = 0,

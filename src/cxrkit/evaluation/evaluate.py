@@ -110,8 +110,11 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
     col = [list(cache_obj.label_names).index(n) for n in names]
     rows = cache_obj.rows(split)
     if len(rows) == 0:
-        raise EvaluationError(f"split {split!r} of the cache is empty; choose --split train, val or test")
-    val_rows = cache_obj.rows(val_split) if val_split and val_split != split else np.zeros(0, np.int64)
+        raise EvaluationError(f"split {split!r} of the cache is empty; choose --split train, val, test or all")
+    # 'all' contains the validation rows, so operating points fitted there would be judged on their own data:
+    # the bundle's stored thresholds are used instead
+    use_val = bool(val_split) and val_split != split and split != "all"
+    val_rows = cache_obj.rows(val_split) if use_val else np.zeros(0, np.int64)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,10 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
     cal_note = None
     if calibrate:
         if val is None:
-            raise EvaluationError(f"--calibrate needs a validation split, but split {val_split!r} is empty")
+            why = ("--split all scores the validation rows too" if split == "all"
+                   else f"split {val_split!r} is empty")
+            raise EvaluationError(f"--calibrate needs a validation split apart from the scored rows, but {why}; "
+                                  "calibrate on the development cache first, then score the external one")
         cal_cfg = fit_calibration(calibrate, val["logits"], Yv)
         pred.config["calibration"] = cal_cfg
         if getattr(pred, "path", None) is not None:

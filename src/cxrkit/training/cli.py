@@ -32,7 +32,9 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap optimiser steps per epoch."),
     seed: Optional[int] = typer.Option(None, help="Seed of init, shuffling and augmentation.", show_default="0"),
     device: Optional[str] = typer.Option(None, help="Device: auto | cpu | cuda | cuda:N."),
-    pretrained: Optional[str] = typer.Option(None, help="Local weights file, a bundle folder, or 'hub'."),
+    pretrained: Optional[str] = typer.Option(None, help="Backbone initialisation: a torchvision/timm weights file, "
+                                                        "a bundle folder, KIND:FILE (e.g. xrv-densenet121:FILE; "
+                                                        "see cxr import) or 'hub'."),
     head: Optional[str] = typer.Option(None, help="Classifier head: linear | attention.", show_default="linear"),
     normal_head: Optional[bool] = typer.Option(None, "--normal-head/--no-normal-head",
                                                help="Add a normal-vs-abnormal output beside the findings.",
@@ -47,6 +49,9 @@ def train_command(
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="Write TensorBoard event files to the run folder.",
                                                show_default="on"),
+    quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate",
+                                                help="Fit the bundle's input quality gate on the training films.",
+                                                show_default="on"),
 ) -> None:
     """Train a classifier on a prepared cache (CheXNet recipe by default); ends with RUN_DIR/bundle."""
     from cxrkit import RESEARCH_NOTICE
@@ -59,7 +64,8 @@ def train_command(
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
-                "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard}
+                "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
+                "quality_gate": quality_gate}
     stored = out / CONFIG_NAME
     if resume and stored.is_file():
         given = {**(read_config_file(config) if config else {}), **{k: v for k, v in explicit.items() if v is not None}}

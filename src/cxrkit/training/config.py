@@ -19,7 +19,8 @@ SCHEDULES = ("plateau", "cosine")
 SELECT = ("auroc", "loss")
 # Keys a resumed run may change: they do not alter what is computed, only how long or how loudly.
 RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_patience", "tensorboard",
-                            "num_threads", "log_every", "resume", "out", "cache"})
+                            "num_threads", "log_every", "resume", "out", "cache",
+                            "quality_gate"})
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     deterministic: bool = False
     quiet: bool = False
     tensorboard: bool = True
+    quality_gate: bool = True
     log_every: int = 10
     resume: bool = False
     preset: str | None = None

@@ -218,7 +218,11 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
             _end_epoch(cfg, trainer, val_loader, cache, run_dir, s, info, device, monitor, img_s, elapsed)
             if on_epoch is not None:
                 stop = bool(on_epoch(dict(s["history"][-1]))) if info.is_main else None
-                s["stopped_early"] = s["stopped_early"] or bool(dist_util.broadcast(stop, info))
+                stop = bool(dist_util.broadcast(stop, info))
+                if stop and not s["stopped_early"] and s["epoch"] < cfg.epochs:
+                    monitor.message(f"stopping after epoch {s['epoch']} of {cfg.epochs}: the on_epoch hook asked "
+                                    "to stop (e.g. a cxr tune pruner)")
+                s["stopped_early"] = s["stopped_early"] or stop
             checkpoint()
             if info.is_main:
                 write_history(run_dir, s["history"])
@@ -230,6 +234,10 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
         from cxrkit.training.finalize import write_bundle
 
         bundle_dir = write_bundle(cfg, cache, run_dir, trainer, s)
+        if cfg.quality_gate:
+            from cxrkit.training.finalize import fit_training_gate
+
+            monitor.message(fit_training_gate(cfg, cache, bundle_dir))
     return TrainResult(run_dir, bundle_dir, float(s["best"]) if s["best"] is not None else float("nan"),
                        int(s["best_epoch"]), run_dir / "history.jsonl", int(s["epoch"]), bool(s["stopped_early"]))
 
@@ -266,6 +274,11 @@ def _end_epoch(cfg, trainer: Trainer, val_loader, cache, run_dir: Path, s: dict,
         s["bad_epochs"] += 1
     s["history"].append(record)
     s["stopped_early"] = cfg.early_stop_patience is not None and s["bad_epochs"] >= cfg.early_stop_patience
+    if s["stopped_early"] and epoch + 1 < cfg.epochs:
+        what = "mean AUROC" if cfg.select == "auroc" else "loss"
+        monitor.message(f"early stopping after epoch {epoch + 1} of {cfg.epochs}: validation {what} has not "
+                        f"improved for {s['bad_epochs']} epochs (--early-stop {cfg.early_stop_patience}); best "
+                        f"{s['best']:.4f} at epoch {s['best_epoch'] + 1}, whose weights go into the bundle")
     s.update(epoch=epoch + 1, micro=0, loss_sum=0.0, loss_n=0)
 
 

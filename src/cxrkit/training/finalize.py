@@ -72,3 +72,24 @@ def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Pa
                        preresize=cache.size, mean=trainer.mean, std=trainer.std,
                        thresholds=youden_thresholds(labels, probs, names), provenance=provenance, metrics=metrics,
                        extra={"threshold_policy": THRESHOLD_POLICY})
+
+
+GATE_MAX_IMAGES = 2000  # the hand-crafted gate's fit settles well before this; more only costs time
+
+
+def fit_training_gate(cfg: TrainConfig, cache, bundle_dir: Path) -> str:
+    """Fit the bundle's quality gate (``lr-handcrafted``) on up to GATE_MAX_IMAGES training films of the cache, so
+    a trained bundle flags inputs unlike what it learned from instead of passing everything. Returns a line to
+    show; a split too small for the gate's cross-fitting is reported, not fatal."""
+    from cxrkit.deploy.quality import QualityGateError, fit_quality_gate
+
+    rows = cache.rows(cfg.train_split)
+    if len(rows) > GATE_MAX_IMAGES:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, GATE_MAX_IMAGES, replace=False))
+    films = [np.asarray(cache.images[int(r)]) for r in rows]
+    try:
+        gate = fit_quality_gate(bundle_dir, films, method="lr-handcrafted", seed=cfg.seed)
+    except QualityGateError as exc:
+        return f"no quality gate fitted ({exc}); fit one later with `cxr gate fit {bundle_dir} FILMS...`"
+    return (f"quality gate (lr-handcrafted) fitted on {len(films)} training films, threshold {gate.threshold:.3f}; "
+            "--no-quality-gate skips it, `cxr gate fit` refits it on other films")

@@ -38,6 +38,8 @@ class Monitor:
         self.writer = None
         self.progress = None
         self._task = None
+        self.quiet, self.lines = quiet, False
+        self._epoch, self._epochs, self._total, self._done, self._every = 0, 0, 0, 0, 1
         if not enabled:
             return
         if tensorboard:
@@ -53,9 +55,12 @@ class Monitor:
                                      TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                      console=Console(stderr=True), transient=False)
             self.progress.start()
-        self.quiet = quiet
+        # without a terminal (CI logs, nohup, a pipe) the bar is off, so plain lines carry the progress instead
+        self.lines = not quiet and self.progress is None
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int = 0) -> None:
+        self._epoch, self._epochs, self._total, self._done = epoch, epochs, total, done
+        self._every = max(1, total // 10)  # about ten lines per epoch, the first after its first step
         if self.progress is not None:
             if self._task is not None:
                 self.progress.remove_task(self._task)
@@ -65,6 +70,25 @@ class Monitor:
     def step(self, n: int, loss: float, img_s: float) -> None:
         if self.progress is not None and self._task is not None:
             self.progress.update(self._task, advance=n, stats=f"loss {loss:.4f}  {img_s:,.0f} img/s")
+        if not self.lines:
+            return
+        before, self._done = self._done, self._done + n
+        # the epoch's last batch gets no line: the epoch line follows once validation is done
+        due = before == 0 or self._done // self._every != before // self._every
+        if not due or self._done >= self._total:
+            return
+        shown = f"{loss:.4f}" if math.isfinite(loss) else "n/a"  # the running loss is first synced at log_every
+        print(f"epoch {self._epoch + 1}/{self._epochs}: batch {self._done}/{self._total}  loss {shown}  "
+              f"{img_s:,.0f} img/s", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        """A one-off line (early stopping, the quality gate) on the bar's console or stderr."""
+        if not self.enabled or self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def scalars(self, values: dict[str, float | None], step: int) -> None:
         if self.writer is None:

@@ -67,8 +67,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, num_classes: int, pos_weight: np.ndarray | None, device: torch.device,
                  info: DistInfo = DistInfo()):
         self.cfg, self.device, self.info = cfg, device, info
-        self.mean, self.std = GREY_MEAN, GREY_STD
         self.model = build_model(cfg, num_classes).to(device)
+        # a network imported with --pretrained KIND:FILE keeps the input normalisation it was trained with
+        # (torchxrayvision: [-1024, 1024]); feeding it cxrkit's ImageNet-grey statistics would waste its features
+        self.mean, self.std = getattr(self.model, "input_norm", (GREY_MEAN, GREY_STD))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.model.modules())

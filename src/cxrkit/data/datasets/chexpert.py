@@ -51,6 +51,26 @@ def resolve_policies(uncertainty: str | dict) -> dict[str, str]:
     return {o: uncertainty.get(o, "ignore") for o in CHEXPERT_OBSERVATIONS}
 
 
+def parse_uncertainty(text: str) -> str | dict[str, str]:
+    """The command line's ``--uncertainty``: a policy or preset name (``ones``, ``chexpert-best``), or a comma list
+    of ``Observation=policy`` entries with at most one bare policy for the observations not listed (default
+    ``ignore``), e.g. ``zeros,Atelectasis=ones,Edema=ones``. Returns what :func:`resolve_policies` takes."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bare = [p for p in parts if "=" not in p]
+    if not parts or len(bare) > 1:
+        raise DatasetError(f"--uncertainty {text!r}: give one policy ({', '.join(POLICIES)}), a preset "
+                           f"({', '.join(PRESETS)}) or Observation=policy pairs with at most one bare default, "
+                           "e.g. zeros,Atelectasis=ones,Edema=ones")
+    if len(parts) == 1 and bare:
+        return bare[0]
+    default = resolve_policies(bare[0]) if bare else {}
+    pairs = dict(p.split("=", 1) for p in parts if "=" in p)
+    by_lower = {o.lower(): o for o in CHEXPERT_OBSERVATIONS}
+    named = {by_lower.get(k.strip().lower(), k.strip()): v.strip() for k, v in pairs.items()}
+    resolve_policies(named)  # names the unknown observations / policies
+    return {**default, **named}
+
+
 def apply_uncertainty(values: np.ndarray, names, policies: dict[str, str], *, blank: str = "nan",
                       lsr_ones_range=(0.55, 0.85), lsr_zeros_range=(0.0, 0.3), seed: int = 0) -> np.ndarray:
     """Map raw CheXpert codes (1/0/-1/NaN, shape (N, C) in ``names`` order) to training targets (float32)."""
@@ -153,7 +173,7 @@ class CheXpertDataset(CXRDataset):
         targets = apply_uncertainty(self.raw_labels, CHEXPERT_OBSERVATIONS, policies, blank=blank,
                                     lsr_ones_range=lsr_ones_range, lsr_zeros_range=lsr_zeros_range, seed=seed)
         labels = harmonise(targets, CHEXPERT_OBSERVATIONS, label_names, CHEXPERT_TO_NIH)
-        self.policies = policies
+        self.policies, self.blank = policies, blank
         view = parse_view(df["AP/PA"]) if "AP/PA" in df else pd.Series(None, index=df.index, dtype=object)
         if "Frontal/Lateral" in df:
             lateral = df["Frontal/Lateral"].astype(str).str.strip().str.lower().eq("lateral")
