@@ -300,3 +300,59 @@ def test_worker_start_up_errors_reach_the_node(bundle, tmp_path):
 
     with pytest.raises(NodeConfigError, match="Nodule-ish"):
         start_node(bundle, tmp_path, [], workers=1, report_findings=("Nodule-ish",))
+
+
+def test_kill_between_report_and_pictures_makes_the_pictures_once_and_never_resends_the_sr(
+        bundle, tmp_path, shared_data):
+    """The SR is queued (first commit) before the pictures are made (second commit). A process that dies between
+    the two leaves the films 'reported'; the next run makes the SC under the same entry, with the same UIDs as the
+    dead run would have used, and queues the SR no second time."""
+    import pydicom
+
+    from cxrkit.deploy.dicom.config import build_config
+    from cxrkit.deploy.dicom.process import Processor
+    from cxrkit.deploy.dicom.spool import Spool
+
+    cfg = build_config(spool=tmp_path / "spool", destinations=["PACS@127.0.0.1:9"], workers=0)
+    spool = Spool(cfg.spool)
+    study, files = _study(tmp_path, shared_data, "phase", n=2)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        spool.store_instance(f.read_bytes(), sop_uid=str(ds.SOPInstanceUID), study_uid=study,
+                             sop_class_uid=str(ds.SOPClassUID), calling_aet="MOD")
+
+    class Killed(BaseException):
+        pass
+
+    dead = Processor(bundle, cfg, spool)
+    woken = []
+    dead.on_reported = lambda: woken.append(1)
+
+    def die(*a, **k):
+        raise Killed
+
+    dead._write_pictures = die
+    with pytest.raises(Killed):
+        dead.process_study(study)
+    db = spool.conn()
+    assert woken == [1], "delivery is woken as soon as the SR is queued"
+    assert {r[0] for r in db.execute("SELECT state FROM instances")} == {"reported"}
+    assert [r[0] for r in db.execute("SELECT kind FROM outbox")] == ["sr"]
+    entry_id = db.execute("SELECT entry_id FROM outbox").fetchone()[0]
+    assert not spool.entry_delivered(entry_id), "no retention while pictures are pending"
+    assert spool.due_studies(0.0)[0] == [study], "a reported study is due again"
+
+    again = Processor(bundle, cfg, spool)
+    assert again.process_study(study) == entry_id
+    kinds = sorted(r[0] for r in db.execute("SELECT kind FROM outbox WHERE entry_id = ?", (entry_id,)))
+    assert kinds == ["sc", "sc", "sr"], "SR once, one SC per film"
+    assert {r[0] for r in db.execute("SELECT state FROM instances")} == {"processed"}
+    assert spool.due_studies(0.0)[0] == []
+    sc_uids = {r[0] for r in db.execute("SELECT sop_uid FROM outbox WHERE kind = 'sc'")}
+    assert sc_uids == {str(pydicom.dcmread(spool.root / r[0]).SOPInstanceUID)
+                       for r in db.execute("SELECT path FROM outbox WHERE kind = 'sc'")}
+    from cxrkit.deploy.dicom.worklist import read_worklist
+
+    entry = [e for e in read_worklist(spool.root)
+             if e["entry_id"] == entry_id][0]
+    assert all(film["images"].get("film") for film in entry["films"]), "the worklist entry now has its pictures"

@@ -40,7 +40,8 @@ def test_node_results_reach_the_worklist_api(make_tiny_bundle, tmp_path, shared_
     try:
         urgent, other = generate_uid(), generate_uid()
         films = [peers.make_film(shared_data / peers.REAL_FILM, tmp_path / "films" / "a.dcm", study_uid=urgent),
-                 peers.make_film(shared_data / peers.NOT_CHEST, tmp_path / "films" / "b.dcm", study_uid=other)]
+                 peers.make_film(shared_data / peers.NOT_CHEST, tmp_path / "films" / "b.dcm", study_uid=other,
+                                 modality="OT", body="ABDOMEN")]  # skipped: no entry
         sent = peers.storescu(node.port, *films)
         assert sent.returncode == 0, sent.stderr
         app = create_app(bundle, api_key=KEY, worklist_spool=node.spool.root, warm_up=False)
@@ -48,11 +49,13 @@ def test_node_results_reach_the_worklist_api(make_tiny_bundle, tmp_path, shared_
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 r = c.get("/v1/worklist")
-                if r.status_code == 200 and r.json()["total"] >= 1:
+                # the entry appears with the SR (phase 1), its pictures a moment later (phase 2)
+                if r.status_code == 200 and r.json()["total"] >= 1 and r.json()["entries"][0]["films"][0]["images"]:
                     break
                 time.sleep(0.5)
             assert r.status_code == 200, r.text  # the response_model validated every entry the node wrote
             entries = r.json()["entries"]
+            assert r.json()["total"] == 1, entries  # the abdomen study was skipped, not listed
             assert entries[0]["study_instance_uid"] == urgent and entries[0]["priority_label"] == "urgent"
             film = entries[0]["films"][0]
             assert set(film["images"]) >= {"film", "Pneumothorax"}

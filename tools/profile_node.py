@@ -52,7 +52,8 @@ def main() -> None:
                 timers.setdefault(name, []).append(clock() - t)
         setattr(owner, name, wrapper)
 
-    for name in ("_read", "_predict", "_heatmaps", "_write_outputs", "_write_worklist_images", "_commit"):
+    for name in ("_read", "_predict", "_heatmaps", "_write_report", "_write_pictures", "_write_worklist_images",
+                 "_commit"):
         timed(proc, name)
     timed(sr, "build_sr")
     timed(sc, "build_sc")

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class Processor:
                                        trained_on_synthetic=trained_on_synthetic(cfg))
         self.box_threshold = float((cfg.get("explain") or {}).get("box_threshold", BOX_THRESHOLD))
         self.limits = DecodeLimits()
+        self.on_reported: Callable[[], None] = lambda: None  # the study loop wakes delivery with it
 
     def explainer(self):
         """The torch model for heatmaps (the fast runtime may be an exported graph CAM cannot look inside)."""
@@ -90,17 +91,34 @@ class Processor:
 
     # -- one study --------------------------------------------------------------------------------
     def process_study(self, study_uid: str) -> str | None:
-        """Process the unprocessed instances of a study; returns the worklist entry id (None if nothing read)."""
+        """Process the unprocessed instances of a study; returns the (last) worklist entry id, None if nothing
+        was read. Films already reported (SR queued) whose pictures a killed run did not finish are done first,
+        under their entry; films that arrived since are a new batch."""
         instances = self.spool.pending_instances(study_uid)
-        if not instances:
-            return None
+        entry_id = None
+        reported: dict[str, list[Instance]] = {}
+        for inst in instances:
+            if inst.state == "reported" and inst.entry_id:
+                reported.setdefault(inst.entry_id, []).append(inst)
+        for done_id, batch in reported.items():
+            entry_id = self._process_batch(study_uid, batch, done_id) or entry_id
+        fresh = [inst for inst in instances if inst.state != "reported" or not inst.entry_id]
+        if fresh:
+            entry_id = self._process_batch(study_uid, fresh, None) or entry_id
+        return entry_id
+
+    def _process_batch(self, study_uid: str, instances: Sequence[Instance], reported_as: str | None) -> str | None:
+        """Two commits, so the SR (the triage result) is not held back by the pictures: 1. the SR and the
+        worklist entry are queued, films ``reported``; 2. the SC per film and the worklist pictures, films
+        ``processed``. A kill between the two leaves the films ``reported``: the next run makes the pictures
+        again (same model, same films, same maps) under the same entry, and does not send the SR twice."""
         films = [self._read(inst) for inst in instances]
         readable = [f for f in films if f.skip is None]
         for f in films:
             if f.skip:
                 log.info("study %s instance %s skipped: %s", f.instance.study_key, f.instance.sop_key, f.skip)
         if not readable:
-            self._commit(None, films, [], None)
+            self._commit(None, films, [], None, state="processed")
             return None
         results = self._predict(readable)
         tiers = [self._film_summary(f, r) for f, r in zip(readable, results)]
@@ -108,14 +126,23 @@ class Processor:
         study = StudyResult(study_instance_uid=study_uid, films=results, priority=tier, priority_reason=reason,
                             abnormality=max(r.abnormality for r in results),
                             skipped=[(f.instance.sop_key, f.skip) for f in films if f.skip])
-        entry_id = uuid.uuid4().hex[:16]
-        outputs = self._write_outputs(entry_id, study, readable)
+        entry_id = reported_as or uuid.uuid4().hex[:16]
         entry = self._entry(entry_id, study, readable, tiers)
+        n_objects = 0
+        if reported_as is None:
+            report = self._write_report(entry_id, study, readable)
+            self._commit(entry_id, films, report, entry, state="reported", webhook=True)
+            self.on_reported()
+            n_objects += len(report)
+        pictures = self._write_pictures(entry_id, study, readable)
         self._write_worklist_images(entry_id, readable, results, entry)
-        self._commit(entry_id, films, outputs, entry)
-        log.info("study %s processed: entry %s, priority %s (%s), %d film(s), %d skipped, %d result object(s)",
+        self._commit(entry_id, readable, pictures, entry, state="processed")
+        n_objects += len(pictures)
+        if self.config.retention == "delete" and self.spool.entry_delivered(entry_id):
+            self.spool.apply_retention(entry_id)  # no pictures to send, or the SR went out alone and first
+        log.info("study %s processed: entry %s, priority %s (%s), %d film(s), %d skipped, %d result object(s)%s",
                  readable[0].instance.study_key, entry_id, worklist.PRIORITY_LABELS[tier], reason, len(results),
-                 len(study.skipped), len([o for o in outputs if o[0] != "webhook"]))
+                 len(study.skipped), n_objects, "" if reported_as is None else " (pictures of an earlier run)")
         return entry_id
 
     def _read(self, inst: Instance) -> _Film:
@@ -211,27 +238,41 @@ class Processor:
                              for f in sorted(result.findings, key=lambda f: -f.probability)],
                 "images": {}}
 
-    def _write_outputs(self, entry_id: str, study: StudyResult, films: Sequence[_Film]) -> list[tuple[str, Path, str]]:
-        """SR (+ one SC per film) files in SPOOL/results/<entry>/, and the webhook body; (kind, path, sop_uid)."""
+    def _write_report(self, entry_id: str, study: StudyResult, films: Sequence[_Film]) -> list[tuple[str, Path, str]]:
+        """The SR file in SPOOL/results/<entry>/; [(kind, path, sop_uid)]."""
+        from pydicom.uid import generate_uid
+
+        from cxrkit.deploy.dicom.sr import build_sr
+
+        folder = self._results_folder(entry_id)
+        sr = build_sr(study, [f.dataset for f in films], self.algorithm, series_instance_uid=generate_uid(),
+                      sop_instance_uid=generate_uid(), urgent=self.config.urgent_findings)
+        return [("sr", self._save(folder / "sr.dcm", sr), str(sr.SOPInstanceUID))]
+
+    def _write_pictures(self, entry_id: str, study: StudyResult,
+                        films: Sequence[_Film]) -> list[tuple[str, Path, str]]:
+        """One SC file per film (when enabled). Their UIDs derive from the entry and the film, so pictures made
+        again after a kill are the same objects (a PACS stores them once)."""
         from pydicom.uid import generate_uid
 
         from cxrkit.deploy.dicom.sc import build_sc
-        from cxrkit.deploy.dicom.sr import build_sr
 
+        if not self.config.secondary_capture:
+            return []
+        folder = self._results_folder(entry_id)
+        series = generate_uid(entropy_srcs=["cxrkit sc series", entry_id])
+        outputs = []
+        for k, (film, result) in enumerate(zip(films, study.films), start=1):
+            sop_uid = generate_uid(entropy_srcs=["cxrkit sc", entry_id, film.instance.sop_uid])
+            sc = build_sc(result, film.dataset, self.algorithm, series_instance_uid=series,
+                          sop_instance_uid=sop_uid, instance_number=k)
+            outputs.append(("sc", self._save(folder / f"sc_{k:03d}.dcm", sc), str(sc.SOPInstanceUID)))
+        return outputs
+
+    def _results_folder(self, entry_id: str) -> Path:
         folder = self.spool.root / "results" / entry_id
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sources = [f.dataset for f in films]
-        outputs: list[tuple[str, Path, str]] = []
-        sr = build_sr(study, sources, self.algorithm, series_instance_uid=generate_uid(),
-                      sop_instance_uid=generate_uid(), urgent=self.config.urgent_findings)
-        outputs.append(("sr", self._save(folder / "sr.dcm", sr), str(sr.SOPInstanceUID)))
-        if self.config.secondary_capture:
-            sc_series = generate_uid()
-            for k, (film, result) in enumerate(zip(films, study.films), start=1):
-                sc = build_sc(result, film.dataset, self.algorithm, series_instance_uid=sc_series,
-                              sop_instance_uid=generate_uid(), instance_number=k)
-                outputs.append(("sc", self._save(folder / f"sc_{k:03d}.dcm", sc), str(sc.SOPInstanceUID)))
-        return outputs
+        return folder
 
     def _save(self, path: Path, ds) -> Path:
         from io import BytesIO
@@ -287,14 +328,17 @@ class Processor:
         return json.dumps(body).encode()
 
     def _commit(self, entry_id: str | None, films: Sequence[_Film], outputs: list[tuple[str, Path, str]],
-                entry: dict[str, Any] | None) -> None:
+                entry: dict[str, Any] | None, *, state: str, webhook: bool = False) -> None:
+        """One transaction: the outputs queued for every destination (and the webhook), the worklist entry
+        written (or replaced, now with its pictures), the films moved to ``state`` (skipped ones to
+        ``skipped``)."""
         now = time.time()
         rows = []
         if entry_id is not None and entry is not None:
             for kind, path, sop_uid in outputs:
                 for dest in self.config.destinations:
                     rows.append((entry_id, kind, sop_uid, str(path.relative_to(self.spool.root)), str(dest), now, now))
-            if self.config.webhook_url:
+            if webhook and self.config.webhook_url:
                 hook = self.spool.root / "results" / entry_id / "webhook.json"
                 self.spool.write_file(hook, self._webhook_body(entry))
                 rows.append((entry_id, "webhook", None, str(hook.relative_to(self.spool.root)),
@@ -306,7 +350,7 @@ class Processor:
                 worklist.add_entry(conn, entry)
             for f in films:
                 conn.execute("UPDATE instances SET state = ?, reason = ?, entry_id = ? WHERE sop_uid = ?",
-                             ("skipped" if f.skip else "processed", f.skip, None if f.skip else entry_id,
+                             ("skipped" if f.skip else state, f.skip, None if f.skip else entry_id,
                               f.instance.sop_uid))
 
 

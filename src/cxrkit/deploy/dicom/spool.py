@@ -10,7 +10,8 @@ Layout of ``SPOOL/`` (created 0700; every file 0600)::
     worklist/<entry>/*.png       the worklist view's film and heatmap images
     tmp/                         partial writes (emptied at start-up)
 
-State machine of an instance: ``received`` -> ``processed`` | ``skipped`` (reason kept). Of a result in the outbox:
+State machine of an instance: ``received`` -> ``reported`` (SR queued) -> ``processed`` (pictures queued too) |
+``skipped`` (reason kept) | ``failed``. Of a result in the outbox:
 ``pending`` -> ``sent`` | ``dead`` (-> ``pending`` again through retry). Each transition is one transaction.
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Instance:
     sop_class_uid: str
     path: Path | None
     received_at: float
+    state: str = "received"
+    entry_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,16 +211,19 @@ class Spool:
         now = time.time() if now is None else now
         rows = self.conn().execute(
             "SELECT s.study_uid, s.last_arrival FROM studies s WHERE EXISTS (SELECT 1 FROM instances i "
-            "WHERE i.study_uid = s.study_uid AND i.state = 'received') ORDER BY s.last_arrival").fetchall()
+            "WHERE i.study_uid = s.study_uid AND i.state IN ('received', 'reported')) ORDER BY s.last_arrival"
+        ).fetchall()
         due = [uid for uid, last in rows if last + settle <= now]
         waiting = [last + settle for _, last in rows if last + settle > now]
         return due, (min(waiting) if waiting else None)
 
     def pending_instances(self, study_uid: str) -> list[Instance]:
         rows = self.conn().execute(
-            "SELECT sop_uid, sop_key, study_uid, study_key, sop_class_uid, path, received_at FROM instances "
-            "WHERE study_uid = ? AND state = 'received' ORDER BY received_at", (study_uid,)).fetchall()
-        return [Instance(r[0], r[1], r[2], r[3], r[4], self.root / r[5] if r[5] else None, r[6]) for r in rows]
+            "SELECT sop_uid, sop_key, study_uid, study_key, sop_class_uid, path, received_at, state, entry_id "
+            "FROM instances WHERE study_uid = ? AND state IN ('received', 'reported') ORDER BY received_at",
+            (study_uid,)).fetchall()
+        return [Instance(r[0], r[1], r[2], r[3], r[4], self.root / r[5] if r[5] else None, r[6], r[7], r[8])
+                for r in rows]
 
     def last_arrival(self, study_uid: str) -> float:
         """When the study's latest instance was stored (the worklist's ``received_at``)."""
@@ -285,8 +291,10 @@ class Spool:
         return len(rows)
 
     def entry_delivered(self, entry_id: str) -> bool:
-        row = self.conn().execute("SELECT COUNT(*) FROM outbox WHERE entry_id = ? AND state != 'sent'",
-                                  (entry_id,)).fetchone()
+        """Every result of the entry sent, and none still to be made (films ``reported``: pictures pending)."""
+        row = self.conn().execute(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE entry_id = ? AND state != 'sent') + (SELECT COUNT(*) FROM "
+            "instances WHERE entry_id = ? AND state = 'reported')", (entry_id, entry_id)).fetchone()
         return row[0] == 0
 
     def apply_retention(self, entry_id: str) -> None:

@@ -95,6 +95,7 @@ class StudyLoop:
         self.processor, self.spool, self.config = processor, spool, config
         self.stop, self.wake, self.on_processed = stop, wake, on_processed
         self.share, self.parent_alive = share, parent_alive
+        processor.on_reported = on_processed  # the SR goes out before the pictures are made
 
     def run(self) -> None:
         try:
@@ -127,7 +128,8 @@ class StudyLoop:
                               uid_key(study_uid))
             with self.spool.transaction() as conn:
                 conn.execute("UPDATE instances SET state = 'failed', reason = ? WHERE study_uid = ? AND "
-                             "state = 'received'", (f"processing failed: {type(exc).__name__}", study_uid))
+                             "state IN ('received', 'reported')", (f"processing failed: {type(exc).__name__}",
+                                                                   study_uid))
             return
         if entry is not None:
             self.on_processed()
