@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,11 @@ class TuneSpec:
     grid: bool = False
     seed: int = 0
     worker: int = 0
+    slot: int = 0  # position of this process in a `--devices` launch (decorrelates the samplers of one machine)
     heartbeat_s: int = 60
     grace_s: int = 180
     enqueue: tuple[dict, ...] = ()
+    retries: int = 1  # a failed (e.g. killed) trial is rerun this many times with the same parameters
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
@@ -49,19 +54,35 @@ def _optuna():
     return optuna
 
 
-def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180):
+def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, retries: int = 1):
     """Optuna's RDB storage with a heartbeat: a killed worker's running trial is marked FAIL once it has been
-    silent for ``grace_s``, when any worker starts its next trial."""
+    silent for ``grace_s`` (checked before each new trial of any worker) and rerun ``retries`` times with its
+    parameters (``RetryFailedTrialCallback``). SQLite waits up to 60 s for a lock instead of failing at once, so
+    several processes can share one file; other servers get connection health checks."""
     import warnings
 
     optuna = _optuna()
-    try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 5 but is what we rely on
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
-    except Exception as exc:  # sqlalchemy raises many kinds (bad dialect, unreachable server, missing driver)
-        raise TuneError(f"cannot open study storage {url!r}: {exc}; use sqlite:///PATH/study.db or "
-                        "postgresql://user:password@host/db") from exc
+    engine_kwargs: dict = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    last: Exception | None = None
+    for attempt in range(5):  # workers starting together race to create the schema; the loser retries
+        try:
+            with warnings.catch_warnings():  # heartbeat and retry are "experimental" in Optuna but are what we use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries > 0 else None
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                                  grace_period=grace_s, heartbeat_stale_trial_callback=retry)
+        except Exception as exc:  # sqlalchemy raises many kinds (bad dialect, unreachable server, missing driver)
+            last = exc
+            if not _is_race(exc):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    raise TuneError(f"cannot open study storage {url!r}: {last}; use sqlite:///PATH/study.db or "
+                    "postgresql://user:password@host/db (needs psycopg: pip install 'cxrkit[tune]')") from last
+
+
+def _is_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("already exists", "database is locked", "unique constraint", "duplicate key"))
 
 
 def make_pruner(space: SearchSpace):
@@ -78,10 +99,10 @@ def make_pruner(space: SearchSpace):
 
 
 def _sampler(spec: TuneSpec, n_existing: int):
-    """Seeded from (seed, worker, trials already in the study): a fresh study replays exactly, and a rerun or a
-    second worker does not redraw the first run's samples."""
+    """Seeded from (seed, worker, device slot, trials already in the study): a fresh study replays exactly, and a
+    rerun or a second worker does not redraw the first run's samples."""
     optuna = _optuna()
-    seed = int(np.random.SeedSequence([spec.seed, spec.worker, n_existing]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([spec.seed, spec.worker, spec.slot, n_existing]).generate_state(1)[0])
     if spec.grid:
         return optuna.samplers.GridSampler(spec.space.grid(), seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
@@ -95,12 +116,18 @@ def finished_states():
 def open_study(spec: TuneSpec):
     """Create the study or load it (same name + storage): rerunning `cxr tune` continues it."""
     optuna = _optuna()
-    storage = make_storage(spec.storage_url(), spec.heartbeat_s, spec.grace_s)
-    try:
-        study = optuna.create_study(storage=storage, study_name=spec.study, load_if_exists=True,
-                                    direction=spec.space.direction, pruner=make_pruner(spec.space))
-    except ValueError as exc:  # e.g. an existing study with another direction
-        raise TuneError(f"cannot use study {spec.study!r} in {spec.storage_url()}: {exc}") from exc
+    storage = make_storage(spec.storage_url(), spec.heartbeat_s, spec.grace_s, spec.retries)
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(storage=storage, study_name=spec.study, load_if_exists=True,
+                                        direction=spec.space.direction, pruner=make_pruner(spec.space))
+            break
+        except ValueError as exc:  # e.g. an existing study with another direction
+            raise TuneError(f"cannot use study {spec.study!r} in {spec.storage_url()}: {exc}") from exc
+        except Exception as exc:  # two workers creating the same study at once: the loser loads it
+            if not _is_race(exc) or attempt == 4:
+                raise TuneError(f"cannot open study {spec.study!r} in {spec.storage_url()}: {exc}") from exc
+            time.sleep(0.2 * (attempt + 1))
     space = spec.space.to_dict()
     stored = study.user_attrs.get("space")
     if stored is None:
@@ -122,7 +149,11 @@ def trial_config(spec: TuneSpec, params: dict[str, Any], run_dir: Path):
 
 
 def run_study(spec: TuneSpec):
-    """Run trials until the study holds ``spec.trials`` finished (complete or pruned) trials; returns the study."""
+    """Run trials until the study holds ``spec.trials`` finished (complete or pruned) trials; returns the study.
+
+    Any number of workers (processes, machines) may run this on one study at once: before each trial a worker
+    fails the trials whose worker stopped sending heartbeats (their parameters are queued again), and it stops when
+    the finished trials plus those other workers are running reach the target, so a study does not overshoot."""
     from cxrkit.data.cache import open_cache
 
     optuna = _optuna()
@@ -135,19 +166,21 @@ def run_study(spec: TuneSpec):
     _write_tune_json(spec)
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    done = sum(t.state in finished_states() for t in study.trials)
-    remaining = spec.trials - done
-    if remaining <= 0:
-        return study
     metric = spec.space.metric
+    where = {"worker": spec.worker, "slot": spec.slot, "host": socket.gethostname(), "pid": os.getpid(),
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def objective(trial) -> float:
+        from cxrkit.fileio import atomic_write_json
         from cxrkit.training import train
 
         params = {p.name: p.suggest(trial, grid=spec.grid) for p in spec.space.params}
         run_dir = out / TRIALS / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
+        trial.set_user_attr("worker", where)
         cfg = trial_config(spec, params, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "trial.json", {"number": trial.number, "params": params, **where})
         pruned: list[int] = []
 
         def on_epoch(record: dict) -> bool:
@@ -169,10 +202,62 @@ def run_study(spec: TuneSpec):
             raise optuna.TrialPruned(f"pruned after epoch {pruned[0] + 1}")
         return _best_value(result.history, metric, spec.space.direction)
 
-    callback = optuna.study.MaxTrialsCallback(spec.trials, states=finished_states())
-    # no catch: a failing trial (e.g. NonFiniteLossError) is recorded as FAIL and the study goes on
-    study.optimize(objective, n_trials=remaining, callbacks=[callback], catch=(CxrError,), gc_after_trial=True)
+    while True:
+        fail_stale_trials(study, spec.grace_s)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in finished_states() for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        if finished + running >= spec.trials:
+            break
+        if spec.grid and finished >= spec.space.grid_size():
+            break
+        # one trial per call: optimize() runs the heartbeat thread and the stale-trial check around each trial;
+        # a trial that raises a cxrkit error (e.g. NonFiniteLossError) is recorded as FAIL and the study goes on
+        study.optimize(objective, n_trials=1, catch=(CxrError,), gc_after_trial=True)
     return study
+
+
+def fail_stale_trials(study, grace_s: int) -> list[int]:
+    """Mark FAIL the RUNNING trials no live worker owns and queue their parameters again (the storage's retry
+    callback). Optuna's own check covers trials with a stale heartbeat; a worker killed between creating a trial
+    and its first heartbeat leaves one with none, failed here once it is older than ``grace_s``. Returns the
+    numbers of the trials failed here (not Optuna's)."""
+    import datetime as dt
+    import warnings
+
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_s)
+    failed = []
+    for trial_id, number in _running_without_heartbeat(storage, study._study_id, cutoff):
+        try:
+            if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        failed.append(number)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+    return failed
+
+
+def _running_without_heartbeat(storage, study_id: int, cutoff) -> list[tuple[int, int]]:
+    try:  # Optuna's RDB models are internal; if they change, Optuna's heartbeat check alone remains
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from optuna.trial import TrialState
+
+        with _create_scoped_session(storage.scoped_session) as session:
+            rows = (session.query(models.TrialModel).filter(models.TrialModel.state == TrialState.RUNNING)
+                    .filter(models.TrialModel.study_id == study_id).all())
+            return [(r.trial_id, r.number) for r in rows
+                    if not r.heartbeats and r.datetime_start is not None and r.datetime_start < cutoff]
+    except (ImportError, AttributeError):
+        return []
 
 
 def _best_value(history: Path, metric: str, direction: str) -> float:
@@ -191,4 +276,5 @@ def _write_tune_json(spec: TuneSpec) -> None:
                                                    "direction": spec.space.direction, "grid": spec.grid})
 
 
-__all__ = ["TuneError", "TuneSpec", "make_pruner", "make_storage", "open_study", "run_study", "trial_config"]
+__all__ = ["TuneError", "TuneSpec", "fail_stale_trials", "make_pruner", "make_storage", "open_study", "run_study",
+           "trial_config"]
