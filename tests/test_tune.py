@@ -15,7 +15,8 @@ from cxrkit.tuning.space import SpaceError, parse_space  # noqa: E402
 from cxrkit.tuning.study import TuneSpec, run_study  # noqa: E402
 
 FIXED = {"arch": "cxr_tiny", "image_size": 32, "epochs": 2, "batch_size": 16, "num_threads": 1,
-         "deterministic": True, "tensorboard": False, "augment": False, "early_stop_patience": None}
+         "deterministic": True, "tensorboard": False, "augment": False, "early_stop_patience": None,
+         "quality_gate": False}  # the gate fit is most of a tiny trial's time and no test here needs it
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,7 @@ epochs = 1
 batch_size = 16
 num_threads = 1
 tensorboard = false
+quality_gate = false
 [params]
 head = ["attention"]
 lr = {type = "float", low = 1e-3, high = 1e-2, log = true, grid = [1e-3, 1e-2]}
@@ -210,46 +212,3 @@ def test_train_on_epoch_hook_sees_each_record_and_can_stop(tmp_path, cache):
     assert [r["epoch"] for r in seen] == [0]
     assert seen[0]["val_mean_auroc"] == pytest.approx(history[0]["val_mean_auroc"])
     assert (result.bundle_dir / "model.safetensors").is_file()
-
-
-def test_a_killed_worker_loses_only_its_running_trial(tmp_path, cache):
-    """SIGKILL a `cxr tune` worker mid-trial; after the heartbeat grace period a rerun marks that trial FAIL and
-    finishes the study with a new trial (its own run folder and bundle)."""
-    import os
-    import signal
-    import time
-
-    space_file = tmp_path / "s.toml"
-    fixed = "\n".join(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
-                      for k, v in FIXED.items() if v is not None)
-    space_file.write_text(f'[study]\npruner = "none"\n[fixed]\n{fixed}\n[params]\nhead = ["linear", "attention"]\n')
-    out = tmp_path / "k"
-    args = ["tune", str(cache), "--space", str(space_file), "--trials", "1", "--out", str(out), "--heartbeat", "1",
-            "--grace", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrkit.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # the objective has begun once the trial's run folder has its config, so the trial's first heartbeat
-            # is in (Optuna writes it before calling the objective); polling a file keeps the study DB unlocked
-            if (out / "trials" / "0000" / "config.json").is_file():
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the worker never started a trial")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    killed = optuna.load_study(study_name="cxr-tune", storage=f"sqlite:///{out / 'study.db'}").trials
-    assert [t.state.name for t in killed] == ["RUNNING"]  # killed mid-trial, not after it
-    time.sleep(2.5)  # past the grace period: the killed trial's heartbeat is stale
-
-    from cxrkit.tuning.space import read_space
-
-    spec = TuneSpec(cache=str(cache), space=read_space(space_file), out=str(out), trials=1, heartbeat_s=1, grace_s=2)
-    trials = _trials(run_study(spec))
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    assert (out / trials[1].user_attrs["bundle"] / "model.safetensors").is_file()

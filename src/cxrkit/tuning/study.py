@@ -41,6 +41,7 @@ class TuneSpec:
     grace_s: int = 180
     enqueue: tuple[dict, ...] = ()
     retries: int = 1  # a failed (e.g. killed) trial is rerun this many times with the same parameters
+    progress: bool = False  # a line on stderr per finished trial
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
@@ -62,13 +63,14 @@ def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, retries: i
     import warnings
 
     optuna = _optuna()
+    url = sqlalchemy_url(url)
     engine_kwargs: dict = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     last: Exception | None = None
     for attempt in range(5):  # workers starting together race to create the schema; the loser retries
         try:
             with warnings.catch_warnings():  # heartbeat and retry are "experimental" in Optuna but are what we use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries > 0 else None
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries) if retries > 0 else None
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                                                   grace_period=grace_s, heartbeat_stale_trial_callback=retry)
         except Exception as exc:  # sqlalchemy raises many kinds (bad dialect, unreachable server, missing driver)
@@ -78,6 +80,17 @@ def make_storage(url: str, heartbeat_s: int = 60, grace_s: int = 180, retries: i
             time.sleep(0.2 * (attempt + 1))
     raise TuneError(f"cannot open study storage {url!r}: {last}; use sqlite:///PATH/study.db or "
                     "postgresql://user:password@host/db (needs psycopg: pip install 'cxrkit[tune]')") from last
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://...`` means SQLAlchemy's psycopg2 driver; cxrkit[tune] installs psycopg 3, so use that when
+    psycopg2 is absent (the URL a user types keeps working either way)."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def _is_race(exc: Exception) -> bool:
@@ -213,8 +226,23 @@ def run_study(spec: TuneSpec):
             break
         # one trial per call: optimize() runs the heartbeat thread and the stale-trial check around each trial;
         # a trial that raises a cxrkit error (e.g. NonFiniteLossError) is recorded as FAIL and the study goes on
-        study.optimize(objective, n_trials=1, catch=(CxrError,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(CxrError,), gc_after_trial=True,
+                       callbacks=[_progress_line(spec)] if spec.progress else None)
     return study
+
+
+def _progress_line(spec: TuneSpec):
+    import sys
+
+    def callback(study, trial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in finished_states() for t in trials)
+        value = f" {spec.space.metric} {trial.value:.4f}" if trial.value is not None else ""
+        print(f"trial {trial.number} {trial.state.name.lower()}{value} after {trial.user_attrs.get('epochs_run', 0)}"
+              f" epochs ({trial.duration.total_seconds() if trial.duration else 0:.0f} s); study {finished}/"
+              f"{spec.trials} finished", file=sys.stderr, flush=True)
+
+    return callback
 
 
 def fail_stale_trials(study, grace_s: int) -> list[int]:
