@@ -131,6 +131,22 @@ def test_study_runs_trials_as_run_folders_and_resumes(tmp_path, cache):
     page = (tmp_path / "s" / "report.html").read_text()
     assert "Optimisation history" in page and "Learning curves per trial" in page and "plotly" in page.lower()
     assert "<table" in page and "Research use only" in page
+    assert (tmp_path / "s" / "best_bundle" / "model.safetensors").read_bytes() == \
+        (Path(summary["bundle"]) / "model.safetensors").read_bytes()
+    for name in ("Parameter importances", "Slice plot", "Parallel coordinates", "Intermediate values"):
+        assert name in page
+
+    # `cxr ensemble --from-tune DIR --top-k 2`: the two best complete trials, best first
+    from cxrkit.cli import main
+
+    main(["ensemble", "--from-tune", str(tmp_path / "s"), "--top-k", "2", "--out", str(tmp_path / "ens"), "--quiet"])
+    top2 = sorted(again, key=lambda t: -t.value)[:2]
+    for i, t in enumerate(top2):
+        assert (tmp_path / "ens" / "members" / str(i) / "model.safetensors").read_bytes() == \
+            (tmp_path / "s" / t.user_attrs["bundle"] / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as exc:  # more members than complete trials: a usage error, exit 2
+        main(["ensemble", "--from-tune", str(tmp_path / "s"), "--top-k", "4", "--out", str(tmp_path / "e4")])
+    assert exc.value.code == 2
 
 
 def test_sampled_params_are_reproducible_from_the_seed(tmp_path):
