@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -228,3 +229,31 @@ def test_train_on_epoch_hook_sees_each_record_and_can_stop(tmp_path, cache):
     assert [r["epoch"] for r in seen] == [0]
     assert seen[0]["val_mean_auroc"] == pytest.approx(history[0]["val_mean_auroc"])
     assert (result.bundle_dir / "model.safetensors").is_file()
+
+
+def test_optimizer_and_input_channel_keys_searched_by_the_seed_study(tmp_path, cache):
+    """`optimizer` picks the torch optimiser; `input_channels = 3` trains a 3-channel stem on the grey film copied to
+    RGB inside the model, so its bundle still takes one-channel input; bad values are refused."""
+    import torch
+
+    from cxrkit.bundle import load_bundle
+    from cxrkit.training import TrainConfig, train
+    from cxrkit.training.config import ConfigError
+    from cxrkit.training.trainer import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    kinds = {name: type(make_optimizer(TrainConfig(cache="c", out="o", optimizer=name), params, torch.device("cpu")))
+             for name in ("adam", "adamw", "sgd", "rmsprop")}
+    assert kinds == {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                     "rmsprop": torch.optim.RMSprop}
+    for bad in ({"optimizer": "lion"}, {"input_channels": 2}, {"input_channels": 3, "pretrained": "x.pth"}):
+        with pytest.raises(ConfigError):
+            TrainConfig(cache="c", out="o", **bad).validate()
+
+    result = train(TrainConfig(cache=str(cache), out=str(tmp_path / "rgb"), input_channels=3, optimizer="sgd",
+                               lr=1e-2, **{**FIXED, "epochs": 1}))
+    predictor = load_bundle(result.bundle_dir)
+    first_conv = next(m for m in predictor.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 3
+    probs = predictor.predict([np.zeros((32, 32), np.uint8)])
+    assert np.all((probs >= 0) & (probs <= 1))
