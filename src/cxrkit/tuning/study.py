@@ -99,16 +99,22 @@ def _is_race(exc: Exception) -> bool:
 
 
 def make_pruner(space: SearchSpace):
-    """Median pruning by default: with tens of trials of ~10 epochs it compares each trial with all the earlier
-    ones at the same epoch; Hyperband splits the trials into brackets and pays off in larger studies."""
+    """``median`` (default): prune a trial worse than the median of earlier trials at the same epoch, after
+    ``pruner_startup_trials`` and ``pruner_warmup_epochs``. ``sha`` (asynchronous successive halving): a trial goes
+    on past epochs 1, 3, 9, ... only while it is in the top third of the trials that reached that epoch; no
+    start-up phase, so it stops bad trials from the first ones on (docs/tune.md, "Pruning cost"). ``hyperband``
+    runs several SHA brackets with different first rungs, hedging against a metric that ranks late."""
     optuna = _optuna()
     if space.pruner == "none":
         return optuna.pruners.NopPruner()
     if space.pruner == "hyperband":
         epochs = int(space.fixed.get("epochs", 10))
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    if space.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3, min_early_stopping_rate=0)
+    # steps are epochs done: a step below warm-up + 1 is one of the first `pruner_warmup_epochs` epochs
     return optuna.pruners.MedianPruner(n_startup_trials=space.pruner_startup_trials,
-                                       n_warmup_steps=space.pruner_warmup_epochs)
+                                       n_warmup_steps=space.pruner_warmup_epochs + 1)
 
 
 def _sampler(spec: TuneSpec, n_existing: int):
@@ -200,7 +206,8 @@ def run_study(spec: TuneSpec):
             value = record.get(metric)
             if value is None or not math.isfinite(value):
                 return False
-            trial.report(float(value), int(record["epoch"]))
+            # the step is the number of epochs done (1 after the first), the resource Hyperband/SHA count
+            trial.report(float(value), int(record["epoch"]) + 1)
             if trial.should_prune():
                 pruned.append(int(record["epoch"]))
                 return True
