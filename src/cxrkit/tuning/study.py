@@ -213,7 +213,11 @@ def run_study(spec: TuneSpec):
                 return True
             return False
 
+        cpu0, wall0 = time.process_time(), time.monotonic()
         result = train(cfg, on_epoch=on_epoch)
+        # compute spent, for cost comparisons (CPU s of this process: all its threads; wall s)
+        trial.set_user_attr("cpu_s", round(time.process_time() - cpu0, 2))
+        trial.set_user_attr("wall_s", round(time.monotonic() - wall0, 2))
         if result.bundle_dir is not None:
             trial.set_user_attr("bundle", str(Path(result.bundle_dir).relative_to(out)))
         trial.set_user_attr("epochs_run", int(result.epochs_run))
