@@ -156,3 +156,26 @@ def test_study_on_a_postgresql_server(tmp_path, cache, postgres):  # noqa: F811
     summary = write_report(tmp_path / "pg")
     assert summary["study"] == "pg-study" and Path(summary["bundle"], "model.safetensors").is_file()
     assert json.loads((tmp_path / "pg" / "tune.json").read_text())["storage"] == postgres
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # study.ask() outside optimize, on purpose
+def test_a_trial_left_without_any_heartbeat_is_failed_and_retried(tmp_path):
+    """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial Optuna's stale check
+    never sees; once older than the grace period it is failed here and its parameters are queued again."""
+    import datetime as dt
+
+    from cxrkit.tuning.study import fail_stale_trials, make_storage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat_s=1, grace_s=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    assert fail_stale_trials(study, grace_s=3600) == []  # young: it may still be starting
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:  # age it: started an hour ago
+        db.execute("UPDATE trials SET datetime_start = ? WHERE trial_id = ?",
+                   ((dt.datetime.now() - dt.timedelta(hours=1)).isoformat(sep=" "), orphan._trial_id))
+    assert fail_stale_trials(study, grace_s=2) == [orphan.number]
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == orphan.number

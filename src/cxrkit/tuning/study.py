@@ -271,14 +271,15 @@ def fail_stale_trials(study, grace_s: int) -> list[int]:
     storage = study._storage
     cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_s)
     failed = []
-    for trial_id, number in _running_without_heartbeat(storage, study._study_id, cutoff):
+    backend = getattr(storage, "_backend", storage)  # a Study wraps its RDBStorage in Optuna's cache
+    for trial_id, number in _running_without_heartbeat(backend, study._study_id, cutoff):
         try:
             if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
             continue
         failed.append(number)
-        callback = storage.get_heartbeat_stale_trial_callback()
+        callback = backend.get_heartbeat_stale_trial_callback()
         if callback is not None:
             callback(study, storage.get_trial(trial_id))
     return failed
@@ -291,7 +292,9 @@ def _running_without_heartbeat(storage, study_id: int, cutoff) -> list[tuple[int
         from optuna.trial import TrialState
 
         with _create_scoped_session(storage.scoped_session) as session:
-            rows = (session.query(models.TrialModel).filter(models.TrialModel.state == TrialState.RUNNING)
+            # populate_existing: Optuna's sessions keep loaded rows (no expire on commit); read them afresh
+            rows = (session.query(models.TrialModel).execution_options(populate_existing=True)
+                    .filter(models.TrialModel.state == TrialState.RUNNING)
                     .filter(models.TrialModel.study_id == study_id).all())
             return [(r.trial_id, r.number) for r in rows
                     if not r.heartbeats and r.datetime_start is not None and r.datetime_start < cutoff]
