@@ -17,7 +17,7 @@ fi
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"; }
 stamp phantom
-[ -f "$WORK/ph/Data_Entry_2017.csv" ] || $CXR phantom "$WORK/ph" -n "${PH_N:-1500}" --size 128 --seed 1 --workers 2
+[ -f "$WORK/ph/Data_Entry_2017.csv" ] || $CXR phantom "$WORK/ph" -n "${PH_N:-1200}" --size 128 --seed 1 --workers 2
 stamp prepare
 $CXR prepare "$WORK/ph" --out "$WORK/c128" --size 128 --quiet
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -31,6 +31,12 @@ for s in optimizer batch_lr image_size channels head arch; do
 done
 stamp ensemble
 $CXR ensemble --from-tune "$WORK/studies/arch" --top-k 3 --cache "$WORK/c128" --out "$WORK/ensemble" --overwrite --quiet
+if [ "${REAL_FILMS:-1}" = 1 ]; then
+  stamp "real films study"
+  $CXR prepare /work/shared/data/nih-sample --out "$WORK/nih128" --size 128 --quiet
+  $CXR tune "$WORK/nih128" --space "$SPACES/real_head_lr.toml" --grid --study real_head_lr \
+      --out "$WORK/studies/real_head_lr"
+fi
 stamp figures
 $PY tools/tune_experiments_report.py "$WORK" --img "${IMG:-docs/img}"
 stamp done

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     bar(axes[1, 2], [f"{r['arch']}\n{r['seconds']:.0f} s" for r in order], [r["value"] for r in order],
         "Architectures (64 px, 4 epochs)")
     md.append("### Architectures\n\n" + table(rows, ["arch"]))
-    fig.suptitle(f"Seed study on phantoms: cxr_tiny unless varied, 64 px, 4 epochs, 1,500 images ({NOTE})",
+    fig.suptitle(f"Seed study on phantoms: cxr_tiny unless varied, 64 px, 4 epochs, 1,200 images ({NOTE})",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(img / "experiments_seed_study.png", dpi=110)
@@ -157,6 +157,12 @@ def main(argv=None) -> int:
               f"{single['ci'][1]:.3f}] |\n"
               f"| mean ensemble of {', '.join(r['arch'] for r in order[:3])} | {ens['mean_auroc']:.3f} "
               f"[{ens['ci'][0]:.3f}, {ens['ci'][1]:.3f}] |\n")
+
+    rows = load(work, "real_head_lr")
+    if rows:
+        results["real_head_lr"] = rows
+        md.append("### The 421 real NIH films (cxr_tiny, 64 px, 4 epochs; val split of ~60 films)\n\n"
+                  + table(rows, ["head", "lr"]))
 
     bench = work / "pruning" / "summary.json"
     if bench.is_file():
