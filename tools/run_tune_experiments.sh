@@ -22,7 +22,7 @@ stamp prepare
 $CXR prepare "$WORK/ph" --out "$WORK/c128" --size 128 --quiet
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp pruning benchmark
-  $PY tools/bench_tune_pruning.py "$WORK/c128" --out "$WORK/pruning" --trials "${BENCH_TRIALS:-20}" --epochs "$BENCH_EPOCHS" \
+  $PY tools/bench_tune_pruning.py "$WORK/c128" --out "$WORK/pruning" --trials "${BENCH_TRIALS:-16}" --epochs "$BENCH_EPOCHS" \
       --pruners "${BENCH_PRUNERS:-sha,hyperband}"
 fi
 for s in optimizer batch_lr image_size channels head arch; do
