@@ -19,7 +19,7 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $* (load: $(cut -d' ' -f1-3 /proc/lo
 stamp phantom
 [ -f "$WORK/ph/Data_Entry_2017.csv" ] || $CXR phantom "$WORK/ph" -n "${PH_N:-1200}" --size 128 --seed 1 --workers 2
 stamp prepare
-$CXR prepare "$WORK/ph" --out "$WORK/c128" --size 128 --quiet
+$CXR prepare "$WORK/ph" "$WORK/c128" --size 128 --quiet
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp pruning benchmark
   $PY tools/bench_tune_pruning.py "$WORK/c128" --out "$WORK/pruning" --trials "${BENCH_TRIALS:-16}" --epochs "$BENCH_EPOCHS" \
@@ -33,10 +33,10 @@ stamp ensemble
 $CXR ensemble --from-tune "$WORK/studies/arch" --top-k 3 --cache "$WORK/c128" --out "$WORK/ensemble" --overwrite --quiet
 if [ "${REAL_FILMS:-1}" = 1 ]; then
   stamp "real films study"
-  $CXR prepare /work/shared/data/nih-sample --out "$WORK/nih128" --size 128 --quiet
+  $CXR prepare /work/shared/data/nih-sample "$WORK/nih128" --size 128 --quiet
   $CXR tune "$WORK/nih128" --space "$SPACES/real_head_lr.toml" --grid --study real_head_lr \
       --out "$WORK/studies/real_head_lr"
 fi
 stamp figures
-$PY tools/tune_experiments_report.py "$WORK" --img "${IMG:-docs/img}"
+$PY tools/tune_experiments_report.py "$WORK" --img "${IMG:-docs/img}" || echo "figures failed (rerun: $PY tools/tune_experiments_report.py $WORK)"
 stamp done
