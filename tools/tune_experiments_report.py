@@ -27,7 +27,8 @@ def load(work: Path, name: str):
     for t in study.trials:
         if t.state.name != "COMPLETE":
             continue
-        rows.append({**t.params, "value": t.value, "seconds": t.duration.total_seconds(), "number": t.number,
+        seconds = t.user_attrs.get("wall_s") or (t.duration.total_seconds() if t.duration else float("nan"))
+        rows.append({**t.params, "value": t.value, "seconds": seconds, "number": t.number,
                      "bundle": str(work / "studies" / name / t.user_attrs["bundle"])})
     return rows
 
