@@ -33,9 +33,9 @@ stamp ensemble
 $CXR ensemble --from-tune "$WORK/studies/arch" --top-k 3 --cache "$WORK/c128" --out "$WORK/ensemble" --overwrite --quiet
 if [ "${REAL_FILMS:-1}" = 1 ]; then
   stamp "real films study"
-  $CXR prepare /work/shared/data/nih-sample "$WORK/nih128" --size 128 --quiet
-  $CXR tune "$WORK/nih128" --space "$SPACES/real_head_lr.toml" --grid --study real_head_lr \
-      --out "$WORK/studies/real_head_lr"
+  { $CXR prepare /work/shared/data/nih-sample "$WORK/nih128" --size 128 --quiet &&
+    $CXR tune "$WORK/nih128" --space "$SPACES/real_head_lr.toml" --grid --study real_head_lr \
+      --out "$WORK/studies/real_head_lr"; } || echo "real films study failed"
 fi
 stamp figures
 $PY tools/tune_experiments_report.py "$WORK" --img "${IMG:-docs/img}" || echo "figures failed (rerun: $PY tools/tune_experiments_report.py $WORK)"
