@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         vals = [next((r["value"] for r in rows if r["optimizer"] == o and r["lr"] == lr), float("nan")) for o in opts]
         ax.bar([i + 0.38 * j for i in range(len(opts))], vals, width=0.38, label=f"lr {lr:g}")
     ax.set_xticks([i + 0.19 for i in range(len(opts))], opts)
-    ax.set_ylim(0.5, 1.0)
+    ax.set_ylim(0.4, 0.8)
     ax.legend(fontsize=7)
     ax.set_title("Optimiser x learning rate", fontsize=10)
     ax.set_ylabel("best-epoch val mean AUROC", fontsize=8)
