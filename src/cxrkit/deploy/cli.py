@@ -33,9 +33,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         heatmaps: Optional[Path] = typer.Option(None, help="Write a heatmap figure per positive finding here"),
         batch_size: int = typer.Option(32, min=1, help="Images per forward pass"),
         device: str = typer.Option("cpu", help="Device: cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
-        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino (the last two run BUNDLE/model*.onnx, "
-                                    "from `cxr export`)"),
-        precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino: fp32/int8/bf16"),
+        backend: str = typer.Option("auto", help="Runtime: auto (the fastest this machine and bundle have, said on "
+                                    "stderr and in the results), torch, onnx or openvino (the last two run "
+                                    "BUNDLE/model*.onnx, written by `cxr train` or `cxr export`)"),
+        precision: str = typer.Option("auto", help="Precision: auto (INT8 only when its recorded accuracy change is "
+                                      "within tolerance), torch fp32/bf16/fp16; onnx fp32/int8; openvino fp32/int8/bf16"),
         workers: int = typer.Option(2, min=1, help="Decoding threads"),
         gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
     ) -> None:
@@ -48,11 +50,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         Exit status: 0 every input predicted, 1 some inputs failed, 3 every input failed (the results file is
         written in all three cases), 2 the command could not run.
         """
-        from cxrkit.deploy.onnx_runtime import load_predictor
         from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
+        from cxrkit.deploy.runtime import load_fastest
 
         output_format(out)
-        if heatmaps is not None and backend != "torch":
+        if heatmaps is not None and backend not in ("torch", "auto"):
             raise PredictError("--heatmaps needs --backend torch (CAM/Grad-CAM need the torch model)")
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         barrier = lambda: None  # noqa: E731
@@ -70,7 +72,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         paths = expand_inputs(inputs)
         if not paths:
             raise PredictError(f"no input files found in {inputs}")
-        predictor = load_predictor(bundle, backend, device=device, precision=precision)
+        predictor, choice = load_fastest(bundle, device=device, backend=backend, precision=precision,
+                                         heatmaps=heatmaps is not None)
+        if rank == 0:
+            typer.echo(f"runtime: {choice.label()}", err=True)
         warn_if_synthetic(predictor.config)
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,

@@ -186,7 +186,7 @@ def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: 
 # -- output ---------------------------------------------------------------------------------------
 CSV_FIXED = ["index", "path", "status", "error", "abnormality", "findings"]
 CSV_TAIL = ["quality_ok", "quality_score", "quality_reason", "input_warning", "modality", "body_part", "view",
-            "header_ok", "header_reason", "width", "height", "heatmaps"]
+            "header_ok", "header_reason", "width", "height", "heatmaps", "runtime", "runtime_auroc_change"]
 
 
 def output_format(out: str | Path) -> str:
@@ -196,24 +196,35 @@ def output_format(out: str | Path) -> str:
     return suffix[1:]
 
 
-def write_results(rows: Sequence[dict], out: str | Path, label_names: Sequence[str]) -> Path:
+def write_results(rows: Sequence[dict], out: str | Path, label_names: Sequence[str],
+                  runtime: dict | None = None) -> Path:
     """CSV (first line a ``#`` comment with the research-use notice; one probability column per finding) or
-    JSONL (one object per row with a ``notice`` field), written atomically."""
+    JSONL (one object per row with a ``notice`` field), written atomically.
+
+    ``runtime`` (:func:`cxrkit.deploy.runtime.runtime_metadata`): what ran the model; JSONL rows carry it whole,
+    CSV rows as ``runtime`` (``backend-precision``) and ``runtime_auroc_change`` (the INT8 graph's recorded mean
+    AUROC change on validation; empty for fp32), so a faster, quantised result is never anonymous."""
     out = Path(out)
+    csv_runtime = {}
+    if runtime:
+        change = (runtime.get("accuracy_change") or {}).get("auroc_change")
+        csv_runtime = {"runtime": f"{runtime.get('backend')}-{runtime.get('precision')}",
+                       "runtime_auroc_change": "" if change is None else f"{change:.6f}"}
     fmt = output_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         if fmt == "jsonl":
             for row in rows:
-                fh.write(json.dumps({**row, "notice": RESEARCH_NOTICE}) + "\n")
+                extra = {"runtime": runtime} if runtime else {}
+                fh.write(json.dumps({**row, **extra, "notice": RESEARCH_NOTICE}) + "\n")
         else:
             fh.write(f"# {RESEARCH_NOTICE}\n")
             writer = csv.DictWriter(fh, fieldnames=CSV_FIXED + list(label_names) + CSV_TAIL, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 flat = {**row, **row.get("probs", {}), "findings": ";".join(row.get("findings", [])),
-                        "heatmaps": ";".join(row.get("heatmaps", []))}
+                        "heatmaps": ";".join(row.get("heatmaps", [])), **csv_runtime}
                 writer.writerow(flat)
     os.replace(tmp, out)
     return out
@@ -259,7 +270,9 @@ def run_shard(predictor, paths: Sequence[Path], out: str | Path, *, rank: int = 
     if missing:
         raise PredictError(f"merging parts: {len(missing)} inputs have no row (first: {paths[missing[0]]}); rerun "
                            "the same command to resume")
-    write_results([merged[i] for i in range(len(paths))], out, predictor.label_names)
+    from cxrkit.deploy.runtime import runtime_metadata
+
+    write_results([merged[i] for i in range(len(paths))], out, predictor.label_names, runtime_metadata(predictor))
     for r in range(world):
         part(r).unlink(missing_ok=True)
     return out
