@@ -165,7 +165,7 @@ class ModelService:
         maps = explain_images(self._explainer, [work], list(names))[0]
         display, _ = fit_display(work, HEATMAP_MAX_SIDE)
         small, _ = fit_display(display, OVERLAY_MAX_SIDE)
-        out = {"method": concrete_method(self.predictor), "image": png_b64(display),
+        out = {"method": concrete_method(self._explainer), "image": png_b64(display),
                "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}
         if self.metrics is not None:
             self.metrics.heatmap.observe(time.perf_counter() - start)
