@@ -43,7 +43,8 @@ class RuntimeChoice:
     def label(self) -> str:
         """One line: ``openvino-int8 (auto: ...; mean AUROC change -0.0003 on val)``."""
         extra = ""
-        if self.precision == "int8" and self.int8_check and "auroc_change" in self.int8_check:
+        if self.precision == "int8" and (self.int8_check or {}).get("auroc_change") is not None \
+                and "AUROC change" not in self.reason:
             extra = f"; mean AUROC change {self.int8_check['auroc_change']:+.4f} on {self.int8_check.get('split')}"
         return f"{self.backend}-{self.precision} ({'asked for' if self.asked else 'auto'}: {self.reason}{extra})"
 
