@@ -46,7 +46,9 @@ class RuntimeChoice:
         if self.precision == "int8" and (self.int8_check or {}).get("auroc_change") is not None \
                 and "AUROC change" not in self.reason:
             extra = f"; mean AUROC change {self.int8_check['auroc_change']:+.4f} on {self.int8_check.get('split')}"
-        return f"{self.backend}-{self.precision} ({'asked for' if self.asked else 'auto'}: {self.reason}{extra})"
+        how = "asked for" if self.asked else "auto"
+        why = "" if self.reason == "asked for" else f": {self.reason}"
+        return f"{self.backend}-{self.precision} ({how}{why}{extra})"
 
 
 def _has(module: str) -> bool:
@@ -95,7 +97,7 @@ def choose_runtime(bundle: str | Path, *, device: str = "cpu", backend: str = "a
             return RuntimeChoice(backend, "int8" if bundle.name.endswith(".int8.onnx") else "fp32", "asked for",
                                  True, check)
         ok, why = _int8_verdict(config, (bundle / ONNX_INT8_NAME).is_file())
-        return RuntimeChoice(backend, "int8" if ok else "fp32", f"asked for; {why}", True, check)
+        return RuntimeChoice(backend, "int8" if ok else "fp32", f"precision auto: {why}", True, check)
     torch_prec = "fp32" if precision == "auto" else precision
     if device.startswith("cuda"):
         return RuntimeChoice("torch", torch_prec, "CUDA device: torch", False, check)
