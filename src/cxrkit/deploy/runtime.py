@@ -114,9 +114,11 @@ def choose_runtime(bundle: str | Path, *, device: str = "cpu", backend: str = "a
     if not has_onnx or config.get("ensemble"):
         why = f"the bundle has no {ONNX_NAME} (`cxr export` writes it)" if not has_onnx else "ensemble bundle"
         return RuntimeChoice("torch", torch_prec, why, False, check)
-    if precision in ("auto", "int8"):
+    if precision == "auto":
         ok, why = _int8_verdict(config, (bundle / ONNX_INT8_NAME).is_file())
-        prec = "int8" if ok or precision == "int8" else "fp32"
+        prec = "int8" if ok else "fp32"
+    elif precision == "int8":
+        prec, why = "int8", f"INT8 asked for ({_int8_verdict(config, True)[1]})"
     else:
         prec, why = precision, f"precision {precision} asked for"
     if _has("openvino"):
