@@ -15,7 +15,8 @@ from cxrkit.tuning.space import SpaceError, parse_space  # noqa: E402
 from cxrkit.tuning.study import TuneSpec, run_study  # noqa: E402
 
 FIXED = {"arch": "cxr_tiny", "image_size": 32, "epochs": 2, "batch_size": 16, "num_threads": 1,
-         "deterministic": True, "tensorboard": False, "augment": False, "early_stop_patience": None}
+         "deterministic": True, "tensorboard": False, "augment": False, "early_stop_patience": None,
+         "export": False}
 
 
 @pytest.fixture(scope="module")

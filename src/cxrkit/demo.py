@@ -87,11 +87,14 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
 
 def _write_summary(out: Path, bundle: Path, report: Path, metrics: dict, timings: dict) -> None:
+    from cxrkit.deploy.runtime import choose_runtime
+
     lines = [
         "# cxr demo summary", "",
         f"> {RESEARCH_NOTICE}", "> All numbers below are on SYNTHETIC phantom data: they are not clinical performance.",
         "",
         f"- bundle: `{bundle}`", f"- report: `{report}`",
+        f"- `cxr predict` / `cxr serve` on this CPU run it as: {choose_runtime(bundle).label()}",
         f"- phantom test mean AUROC: {_auroc_line(metrics)} (patient-clustered bootstrap)",
         "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()],
     ]

@@ -52,6 +52,9 @@ def train_command(
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate",
                                                 help="Fit the bundle's input quality gate on the training films.",
                                                 show_default="on"),
+    export: Optional[bool] = typer.Option(None, "--export/--no-export",
+                                          help="Export ONNX + INT8 (accuracy checked on validation) for the fast "
+                                               "CPU runtimes.", show_default="on"),
 ) -> None:
     """Train a classifier on a prepared cache (CheXNet recipe by default); ends with RUN_DIR/bundle."""
     from cxrkit import RESEARCH_NOTICE
@@ -65,7 +68,7 @@ def train_command(
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
-                "quality_gate": quality_gate}
+                "quality_gate": quality_gate, "export": export}
     stored = out / CONFIG_NAME
     if resume and stored.is_file():
         given = {**(read_config_file(config) if config else {}), **{k: v for k, v in explicit.items() if v is not None}}

@@ -20,7 +20,7 @@ SELECT = ("auroc", "loss")
 # Keys a resumed run may change: they do not alter what is computed, only how long or how loudly.
 RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_patience", "tensorboard",
                             "num_threads", "log_every", "resume", "out", "cache",
-                            "quality_gate"})
+                            "quality_gate", "export"})
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     quiet: bool = False
     tensorboard: bool = True
     quality_gate: bool = True
+    export: bool = True  # ONNX + INT8 (accuracy-checked on validation) at the end, for the fast CPU runtimes
     log_every: int = 10
     resume: bool = False
     preset: str | None = None

@@ -238,6 +238,11 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
             from cxrkit.training.finalize import fit_training_gate
 
             monitor.message(fit_training_gate(cfg, cache, bundle_dir))
+        if cfg.export:  # last: the exported graphs embed the final config (gate included)
+            from cxrkit.deploy.auto_export import export_after_training
+
+            monitor.message(export_after_training(bundle_dir, cache, train_split=cfg.train_split,
+                                                  val_split=cfg.val_split, seed=cfg.seed))
     return TrainResult(run_dir, bundle_dir, float(s["best"]) if s["best"] is not None else float("nan"),
                        int(s["best_epoch"]), run_dir / "history.jsonl", int(s["epoch"]), bool(s["stopped_early"]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,7 +114,16 @@ class ModelService:
         self.thresholds = np.asarray(predictor.thresholds, dtype=np.float32)
         self.id = model_id(predictor)
         self.version = model_version(predictor.config)
-        self.can_explain = hasattr(predictor, "model") or hasattr(predictor, "members")
+        from cxrkit.deploy.runtime import runtime_metadata
+
+        self.runtime_choice = getattr(predictor, "runtime_choice", None)
+        self.runtime = runtime_metadata(predictor)  # what every predict response says ran the model
+        # An exported-graph runtime explains with the bundle's torch weights (loaded on the heatmap thread on
+        # first use), so the fast default backend keeps the web page's heatmaps.
+        path = getattr(predictor, "path", None)
+        self._torch_bundle = path if path is not None and (Path(path) / "model.safetensors").is_file() else None
+        self.can_explain = hasattr(predictor, "model") or hasattr(predictor, "members") or \
+            self._torch_bundle is not None
 
     # -- model thread ---------------------------------------------------------------------------
     def run_batch(self, items: Sequence[tuple[np.ndarray, dict]]) -> list[dict[str, Any]]:
@@ -142,7 +152,12 @@ class ModelService:
         if self._explainer is None:
             import copy
 
-            self._explainer = copy.deepcopy(self.predictor)
+            if hasattr(self.predictor, "model") or hasattr(self.predictor, "members"):
+                self._explainer = copy.deepcopy(self.predictor)
+            else:
+                from cxrkit.deploy.onnx_runtime import load_predictor
+
+                self._explainer = load_predictor(self._torch_bundle, backend="torch")
         # At model resolution: maps come back at the size of the image explained, so explain one no larger than
         # the model's input (or the display size); explaining the original drew maps of its full size.
         side = max(HEATMAP_MAX_SIDE, int(getattr(self.predictor, "preresize", 0) or 0))
@@ -150,7 +165,7 @@ class ModelService:
         maps = explain_images(self._explainer, [work], list(names))[0]
         display, _ = fit_display(work, HEATMAP_MAX_SIDE)
         small, _ = fit_display(display, OVERLAY_MAX_SIDE)
-        out = {"method": concrete_method(self.predictor), "image": png_b64(display),
+        out = {"method": concrete_method(self._explainer), "image": png_b64(display),
                "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}
         if self.metrics is not None:
             self.metrics.heatmap.observe(time.perf_counter() - start)
@@ -200,6 +215,7 @@ class ModelService:
             "quality_gate": (cfg.get("quality_gate") or {}).get("method"),
             "heatmaps": self.can_explain,
             "runtime": self.predictor.runtime(),
+            "runtime_choice": self.runtime_choice,
             "provenance": {k: prov.get(k) for k in ("cxrkit_version", "created", "git_commit", "data_source",
                                                     "data_manifest_hash", "seed") if k in prov},
             "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if not isinstance(v, (dict, list))},

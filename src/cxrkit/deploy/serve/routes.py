@@ -96,7 +96,8 @@ def add_routes(app: FastAPI) -> None:
         state = request.app.state
         names = state.service.select(findings)
         if heatmap and not state.service.can_explain:
-            raise RequestError("heatmaps need the torch backend (start the server with --backend torch)")
+            raise RequestError("heatmaps need the torch model, which this server does not have (start it on a bundle "
+                               "directory, or with --backend torch)")
         if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
             raise RequestError("more than one 'file' field in the form; send one image per request")
         if heatmap and not state.heatmap_slots.try_take(1):
@@ -143,6 +144,7 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
                   "height": int(meta.get("orig_height", image.shape[0]))},
         "heatmaps": None,
         "timing_ms": {"decode": _ms(t0, t1), "queue_and_model": _ms(t1, t2)},
+        "runtime": state.service.runtime,
         **state.service.synthetic_fields(),
     }
     if heatmap:

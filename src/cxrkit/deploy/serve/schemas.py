@@ -52,6 +52,8 @@ class PredictResponse(BaseModel):
     image: ImageInfo
     heatmaps: Optional[Heatmaps] = None
     timing_ms: Dict[str, float]
+    runtime: Optional[Dict[str, Any]] = Field(None, description="what ran the model: backend, precision, device, "
+                                              "how it was chosen and, for INT8, its recorded accuracy change")
     synthetic_training_data: bool = Field(False, description="the model was trained on synthetic phantom films")
     warning: Optional[str] = Field(None, description="set when the findings must not be read as real ones")
 
@@ -68,6 +70,8 @@ class ModelInfo(BaseModel):
     quality_gate: Optional[str] = None
     heatmaps: bool
     runtime: Dict[str, str]
+    runtime_choice: Optional[Dict[str, Any]] = Field(None, description="how the runtime was chosen (auto or asked "
+                                                     "for), why, and the INT8 graph's recorded accuracy change")
     provenance: Dict[str, Any]
     metrics: Dict[str, Any]
     service_version: str
