@@ -38,6 +38,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino: fp32/int8/bf16"),
         workers: int = typer.Option(2, min=1, help="Decoding threads"),
         gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
+        boxes: bool = typer.Option(True, help="Boxes of each positive finding from its evidence map (columns boxes, "
+                                   "box_method; --no-boxes: skip, one forward less per film)"),
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
@@ -75,7 +77,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,
-                                heatmaps=heatmaps, progress=rank == 0)
+                                heatmaps=heatmaps, boxes=boxes, progress=rank == 0)
         finally:
             if world > 1:
                 import torch.distributed as dist
