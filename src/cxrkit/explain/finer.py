@@ -19,10 +19,11 @@ FINER_FACTOR = 2  # the stage whose maps are this many times finer than the fina
 _LAYER_ATTR = "_cxrkit_finer_layer"  # the layer found for a model instance, kept on it (finding it costs a forward)
 
 
-def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int = FINER_FACTOR) -> nn.Module:
+def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int | None = None) -> nn.Module:
     """The layer LayerCAM reads: the last module, in execution order, whose output is ``factor`` times finer than
     the final feature map, preferring an activation (ReLU-like) module so the activations are non-negative, as
     LayerCAM assumes. Found once per model instance (one forward on ``example``) and remembered on the model."""
+    factor = int(factor or FINER_FACTOR)
     cached = getattr(model, _LAYER_ATTR, None)
     if cached is not None and cached[0] == factor:
         return cached[1]
@@ -52,7 +53,7 @@ def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int = FINE
     return layer
 
 
-def layercam_maps(model: nn.Module, x: torch.Tensor, classes: list[int], factor: int = FINER_FACTOR) -> np.ndarray:
+def layercam_maps(model: nn.Module, x: torch.Tensor, classes: list[int], factor: int | None = None) -> np.ndarray:
     """LayerCAM maps, B x H x W float32 in [0, 1] at the model input's size, one class per row (via
     ``pytorch_grad_cam.LayerCAM``: ReLU'd, min-max normalised per map)."""
     try:
