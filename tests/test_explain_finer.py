@@ -149,3 +149,11 @@ def test_localise_table_markdown_and_figure(tmp_path, make_tiny_bundle):
     assert "| finding | boxes | cam fixed 0.5 | cam defaults |" in text and "| all | 8 |" in text
     assert figure(result, tmp_path / "l.png").stat().st_size > 5000
     json.dumps(result)  # what `cxr localise --out` writes
+
+
+def test_methods_option_names_the_known_methods():
+    from cxrkit.explain.cli import _methods
+
+    assert _methods("cam, layercam,cam") == ["cam", "layercam"]
+    with pytest.raises(ExplainError, match="unknown method.*camm.*cam-layercam"):
+        _methods("camm")
