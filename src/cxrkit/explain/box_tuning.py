@@ -131,6 +131,7 @@ def localisation_table(predictor, cache, rows, methods: Sequence[str] = TUNE_MET
     out: dict = {"n_pairs": int(len(pairs)), "methods": {}}
     for method in methods:
         concrete = concrete_method(predictor, method)
+        pair_maps(predictor, cache, pairs[:1], concrete, 1, False)  # warm-up: imports, the layer search
         t0 = time.perf_counter()
         maps = pair_maps(predictor, cache, pairs, concrete, batch_size, progress, desc=f"maps {concrete}")
         seconds = time.perf_counter() - t0
