@@ -41,6 +41,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (they also fit films to the model "
                                               "and run the quality checks)", show_default="every core"),
         gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
+        boxes: bool = typer.Option(True, help="Boxes of each positive finding from its evidence map (columns boxes, "
+                                   "box_method; --no-boxes: skip, one forward less per film)"),
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
@@ -81,7 +83,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,
-                                heatmaps=heatmaps, progress=rank == 0)
+                                heatmaps=heatmaps, boxes=boxes, progress=rank == 0)
         finally:
             if world > 1:
                 import torch.distributed as dist

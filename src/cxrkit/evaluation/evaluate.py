@@ -228,7 +228,13 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
         else:
             def _loc():
                 from cxrkit.explain import evaluate_localisation
-                return evaluate_localisation(pred, cache_obj, rows, progress=progress)
+                from cxrkit.explain.cam import concrete_method
+                from cxrkit.explain.finding_boxes import box_params
+
+                method = concrete_method(pred)  # the bundle's tuned map method, else CAM / attention
+                tuned = any(box_params(pred, n, method)[1] for n in pred.label_names)
+                return {**evaluate_localisation(pred, cache_obj, rows, method, progress=progress),
+                        "method": method, "box_params": "tuned (cxr tune-boxes)" if tuned else "defaults"}
             res, why = _optional(_loc, "localisation")
             loc = res if res is not None else {"reason": why}
     gallery: list | str = "not requested"

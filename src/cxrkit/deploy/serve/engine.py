@@ -143,9 +143,11 @@ class ModelService:
     def heatmaps(self, image: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         """The decoded image at display size (grey PNG) and, per finding, a transparent RGBA PNG with the same
         aspect ratio (long side OVERLAY_MAX_SIDE) to scale over it: the heatmap in the jet colour map, opacity
-        rising with the heat (cold areas see-through)."""
+        rising with the heat (cold areas see-through); and per finding the boxes of its map
+        (:func:`cxrkit.explain.boxes_for`, ``[x, y, w, h, score]`` in ``image``'s pixels)."""
         from cxrkit.explain import explain_images
         from cxrkit.explain.cam import concrete_method
+        from cxrkit.explain.finding_boxes import boxes_for
         from cxrkit.explain.overlay import fit_display
 
         start = time.perf_counter()
@@ -165,8 +167,12 @@ class ModelService:
         maps = explain_images(self._explainer, [work], list(names))[0]
         display, _ = fit_display(work, HEATMAP_MAX_SIDE)
         small, _ = fit_display(display, OVERLAY_MAX_SIDE)
-        out = {"method": concrete_method(self._explainer), "image": png_b64(display),
-               "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}
+        method = concrete_method(self._explainer)
+        f = image.shape[1] / work.shape[1]  # boxes in the pixels of the image given, like the maps they come from
+        boxes = {n: [[round(v * f, 1) for v in b[:4]] + [b[4]] for b in boxes_for(self.predictor, n, maps[n], method)]
+                 for n in names}
+        out = {"method": method, "image": png_b64(display),
+               "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}, "boxes": boxes}
         if self.metrics is not None:
             self.metrics.heatmap.observe(time.perf_counter() - start)
         return out

@@ -148,9 +148,19 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
         **state.service.synthetic_fields(),
     }
     if heatmap:
-        response["heatmaps"] = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)
+        maps = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)
+        response["heatmaps"] = {**maps, "boxes": _positive_boxes(maps.get("boxes", {}), response, image)}
         response["timing_ms"]["heatmaps"] = _ms(t2, time.perf_counter())
     return response
+
+
+def _positive_boxes(boxes: dict, response: dict, image) -> dict:
+    """The boxes of the positive findings (as in the SR and ``cxr predict``), in the pixels of the uploaded image
+    (``response["image"]``; the decoder may have reduced a huge film), as ``{x, y, w, h, score}`` objects."""
+    f = response["image"]["width"] / image.shape[1]
+    return {n: [{"x": round(b[0] * f, 1), "y": round(b[1] * f, 1), "w": round(b[2] * f, 1),
+                 "h": round(b[3] * f, 1), "score": b[4]} for b in boxes.get(n, [])]
+            for n in response["positive_findings"]}
 
 
 def _ms(a: float, b: float) -> float:

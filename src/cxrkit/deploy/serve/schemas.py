@@ -32,12 +32,24 @@ class ImageInfo(BaseModel):
     height: int
 
 
+class Box(BaseModel):
+    x: float = Field(..., description="left edge, pixels of the uploaded image")
+    y: float = Field(..., description="top edge, pixels of the uploaded image")
+    w: float
+    h: float
+    score: float = Field(..., description="the evidence map's peak inside the box, in [0, 1]")
+
+
 class Heatmaps(BaseModel):
-    method: str = Field(..., description="cam, attention, gradcam or gradcam++")
+    method: str = Field(..., description="the map method: cam, attention, gradcam, gradcam++, layercam or "
+                                         "cam-layercam")
     image: str = Field(..., description="the decoded image at display size, data:image/png;base64")
     overlays: Dict[str, str] = Field(..., description="finding -> transparent RGBA heatmap (jet colours, alpha = "
                                                     "heat), same aspect as `image` with a long side of at most 128 "
                                                     "px: scale it over `image`; data:image/png;base64")
+    boxes: Dict[str, List[Box]] = Field(default_factory=dict, description="positive finding -> boxes of its "
+                                        "evidence map (the bundle's tuned box parameters for that finding and "
+                                        "method, else the defaults; docs/explain.md), hottest first")
 
 
 class PredictResponse(BaseModel):
