@@ -66,8 +66,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("ensemble")
     def ensemble_cmd(
-        bundles: Annotated[list[Path], typer.Argument(help="Two or more member bundles.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble bundle directory to write.")],
+        bundles: Annotated[Optional[list[Path]], typer.Argument(help="Two or more member bundles.")] = None,
+        from_tune: Annotated[Optional[Path], typer.Option("--from-tune", help="A `cxr tune --out` folder: use "
+                                                          "its top-k complete trials as members.")] = None,
+        top_k: Annotated[int, typer.Option("--top-k", help="Members taken from --from-tune, best first.")] = 3,
         method: Annotated[str, typer.Option(help="Combination: mean, weighted, vote or max.")] = "mean",
         cache: Annotated[Optional[Path], typer.Option(help="Cache whose validation split fits weights and "
                                                           "thresholds.")] = None,
@@ -77,7 +80,19 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Combine bundles into one ensemble bundle, usable everywhere a bundle is."""
         from cxrkit.bundle import read_bundle_config
-        from cxrkit.evaluation.ensembles import build_ensemble
+        from cxrkit.evaluation.ensembles import EnsembleError, build_ensemble
+
+        if from_tune is not None:
+            if bundles:
+                raise EnsembleError("give member bundles or --from-tune DIR, not both")
+            from cxrkit.tuning.report import top_trials
+
+            picked = top_trials(from_tune, top_k)
+            for t in picked:
+                typer.echo(f"trial {t['number']}: value {t['value']:.4f} params {t['params']}")
+            bundles = [Path(t["bundle"]) for t in picked]
+        elif not bundles:
+            raise EnsembleError("give two or more member bundles, or --from-tune DIR --top-k K")
 
         path = build_ensemble(bundles, out, method=method, cache=cache, progress=not quiet, overwrite=overwrite)
         cfg = read_bundle_config(path)

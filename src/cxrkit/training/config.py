@@ -17,6 +17,7 @@ class ConfigError(CxrError):
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("plateau", "cosine")
 SELECT = ("auroc", "loss")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 # Keys a resumed run may change: they do not alter what is computed, only how long or how loudly.
 RESUME_MUTABLE = frozenset({"epochs", "quiet", "checkpoint_every", "early_stop_patience", "tensorboard",
                             "num_threads", "log_every", "resume", "out", "cache",
@@ -37,10 +38,12 @@ class TrainConfig:
     normal_head: bool = False
     drop_rate: float = 0.0
     image_size: int = 224
+    input_channels: int = 1  # 3: the grey film fed to a 3-channel stem (R = G = B), as RGB-first recipes do
     epochs: int = 10
     batch_size: int = 16
     accum_steps: int = 1
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | sgd (Nesterov, momentum 0.9) | rmsprop
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     lr_schedule: str = "plateau"
@@ -93,6 +96,13 @@ class TrainConfig:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr_schedule not in SCHEDULES:
             problems.append(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.input_channels not in (1, 3):
+            problems.append(f"input_channels must be 1 (grey) or 3 (grey copied to RGB), got {self.input_channels}")
+        elif self.input_channels == 3 and self.pretrained is not None:
+            problems.append("input_channels = 3 trains a 3-channel stem from scratch; a --pretrained net keeps its own"
+                            " stem: leave input_channels at 1")
         if self.select not in SELECT:
             problems.append(f"select must be one of {SELECT}, got {self.select!r}")
         for name in ("epochs", "batch_size", "accum_steps", "image_size"):

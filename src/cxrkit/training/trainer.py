@@ -50,8 +50,25 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """create_model with the run's seed, restoring torch's global RNG afterwards (init must not leak seeding)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
+        # input_channels 3: the normalised grey image copied to 3 channels inside the model (an identity
+        # ChannelStem), so the bundle's one-channel input contract stays and every consumer works unchanged
+        stem = {"mean": [0.0] * 3, "std": [1.0] * 3} if cfg.input_channels == 3 else None
         return create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, head=cfg.head,
-                            normal_head=cfg.normal_head, drop_rate=cfg.drop_rate)
+                            normal_head=cfg.normal_head, drop_rate=cfg.drop_rate, stem=stem)
+
+
+def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    """The run's optimiser; fused kernels (one for all parameters) on the GPU where torch has them."""
+    fused = device.type == "cuda" or None
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                 fused=fused)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay,
+                               fused=fused)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
 
 
 @dataclass
@@ -76,9 +93,7 @@ class Trainer:
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.model.modules())
         self.pos_weight = (torch.as_tensor(pos_weight, dtype=torch.float32, device=device)
                            if pos_weight is not None else None)
-        # fused Adam: one kernel for all parameters on the GPU; the plain loop elsewhere
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                          weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+        self.optimizer = make_optimizer(cfg, self.model.parameters(), device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
                                                                     patience=cfg.lr_patience)
         self.amp_dtype = amp_dtype(cfg.precision, device)

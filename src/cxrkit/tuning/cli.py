@@ -24,6 +24,12 @@ def tune_command(
     worker: int = typer.Option(0, "--worker", help="Distinct number per parallel worker (decorrelates samplers)."),
     heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between a running trial's heartbeats."),
     grace: int = typer.Option(180, "--grace", help="Seconds of silence after which a trial counts as failed."),
+    retries: int = typer.Option(1, "--retries", help="Times a failed (e.g. killed) trial is rerun with its "
+                                                     "parameters."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="GPUs to use, e.g. 0,1,2 or all: one worker "
+                                          "process and one trial per GPU. Default: trials one at a time here.",
+                                          show_default=False),
+    slot: int = typer.Option(0, "--slot", hidden=True, help="Set by --devices for each worker it starts."),
 ) -> None:
     """Hyperparameter search on Optuna (TPE, median/Hyperband pruning); each trial is a `cxr train` run folder."""
     from cxrkit import RESEARCH_NOTICE
@@ -53,16 +59,43 @@ def tune_command(
         trials = parsed.grid_size()
     if trials < 1:
         raise TuneError(f"--trials must be >= 1, got {trials}")
+    if retries < 0 or heartbeat < 1 or grace <= heartbeat:
+        raise TuneError(f"need --retries >= 0, --heartbeat >= 1 and --grace > --heartbeat; got {retries}, "
+                        f"{heartbeat}, {grace}")
+    if devices is not None:
+        from cxrkit.tuning.devices import parse_devices, plan_workers, run_workers
+
+        gpus = parse_devices(devices)
+        argv = [str(target[0]), "--space", str(space), "--trials", str(trials), "--study", study, "--out", str(out),
+                "--seed", str(seed), "--worker", str(worker), "--heartbeat", str(heartbeat), "--grace", str(grace),
+                "--retries", str(retries), *(["--storage", storage] if storage else []), *(["--grid"] if grid else [])]
+        if not Path("/dev/nvidiactl").exists():  # not torch.cuda: the launcher need not import torch
+            typer.echo(f"note: no CUDA GPU here; the {len(gpus)} workers of --devices share the CPU", err=True)
+        code = run_workers(plan_workers(gpus, argv), echo=lambda m: typer.echo(m, err=True))
+        if code:
+            raise typer.Exit(code)
+        from cxrkit.tuning.report import load_study
+
+        result = load_study(out, storage, study)
+        _summary(result, parsed.metric, study, storage or f"sqlite:///{Path(out).resolve() / 'study.db'}")
+        return
     spec = TuneSpec(cache=str(target[0]), space=parsed, out=str(out), trials=trials, study=study, storage=storage,
-                    grid=grid, seed=seed, worker=worker, heartbeat_s=heartbeat, grace_s=grace)
+                    grid=grid, seed=seed, worker=worker, slot=slot, heartbeat_s=heartbeat, grace_s=grace,
+                    retries=retries, progress=True)
     result = run_study(spec)
+    _summary(result, parsed.metric, study, spec.storage_url())
+
+
+def _summary(result, metric: str, study: str, url: str) -> None:
+    from cxrkit import RESEARCH_NOTICE
+
     states: dict[str, int] = {}
     for t in result.trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    typer.echo(f"study {study!r} in {spec.storage_url()}: trials {states}")
+    typer.echo(f"study {study!r} in {url}: trials {states}")
     try:
         best = result.best_trial
-        typer.echo(f"best trial {best.number}: {parsed.metric} {best.value:.4f} params {best.params}")
+        typer.echo(f"best trial {best.number}: {metric} {best.value:.4f} params {best.params}")
     except ValueError:
         typer.echo("no complete trial yet")
     typer.echo(RESEARCH_NOTICE)

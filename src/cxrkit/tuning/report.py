@@ -9,6 +9,7 @@ from pathlib import Path
 from cxrkit.tuning.study import TUNE_JSON, TuneError, _optuna, finished_states, make_storage
 
 BEST_JSON = "best.json"
+BEST_BUNDLE = "best_bundle"
 REPORT_HTML = "report.html"
 
 
@@ -40,6 +41,41 @@ def best_summary(study, out: Path) -> dict:
             "run_dir": str((out / best.user_attrs["run_dir"]).resolve()) if "run_dir" in best.user_attrs else None,
             "bundle": str((out / bundle).resolve()) if bundle else None, "trials": states,
             "note": "research use only; phantom-data results are synthetic"}
+
+
+def top_trials(out: str | Path, k: int, storage: str | None = None, study_name: str | None = None) -> list[dict]:
+    """The ``k`` best COMPLETE trials of the study in DIR (pruned ones stopped early and are left out), best first:
+    ``[{"number", "value", "params", "bundle"}]``; what `cxr ensemble --from-tune DIR --top-k K` combines."""
+    optuna = _optuna()
+    if k < 1:
+        raise TuneError(f"--top-k must be >= 1, got {k}")
+    out = Path(out)
+    study = load_study(out, storage, study_name)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("bundle")
+                and (out / t.user_attrs["bundle"] / "model.safetensors").is_file()]
+    if len(complete) < k:
+        raise TuneError(f"study {study.study_name!r} in {out} has {len(complete)} complete trials with a bundle, "
+                        f"fewer than --top-k {k}; lower --top-k or run more trials")
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    best = sorted(complete, key=lambda t: (sign * t.value, t.number))[:k]
+    return [{"number": t.number, "value": t.value, "params": t.params, "bundle": str(out / t.user_attrs["bundle"])}
+            for t in best]
+
+
+def _copy_best_bundle(src: Path, dest: Path) -> Path:
+    """DIR/best_bundle: a copy of the best trial's bundle, swapped in whole (a reader never sees half of one)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=".best_bundle.", dir=dest.parent))
+    shutil.copytree(src, tmp / "b")
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        dest.rename(old)
+    (tmp / "b").rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _curves(study, out: Path):
@@ -83,6 +119,8 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     out = Path(out)
     study = load_study(out, storage, study_name)
     summary = best_summary(study, out)
+    if summary["bundle"]:
+        summary["best_bundle"] = str(_copy_best_bundle(Path(summary["bundle"]), out / BEST_BUNDLE).resolve())
     atomic_write_json(out / BEST_JSON, summary)
 
     figures, notes = [], []
@@ -126,4 +164,4 @@ Trials by state: <code>{html.escape(json.dumps(summary['trials']))}</code>.</p>
     return summary
 
 
-__all__ = ["load_study", "best_summary", "write_report"]
+__all__ = ["load_study", "best_summary", "top_trials", "write_report"]

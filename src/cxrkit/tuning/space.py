@@ -14,7 +14,7 @@ from cxrkit.training.config import ConfigError, TrainConfig
 # set by `cxr tune` for every trial, never by the space file
 RESERVED = frozenset({"cache", "out", "resume", "select"})
 METRICS = {"val_mean_auroc": ("maximize", "auroc"), "val_loss": ("minimize", "loss")}
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "sha", "none")
 KINDS = ("float", "int", "categorical")
 MAX_INT_GRID = 1000
 
