@@ -15,7 +15,8 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="10"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML or JSON file of TrainConfig settings."),
-    preset: Optional[str] = typer.Option(None, help="'cpu-demo': the small CPU recipe of docs/training.md."),
+    preset: Optional[str] = typer.Option(None, help="'cpu-demo': the small CPU recipe of docs/training.md; "
+                                                    "'small-data': the few-label recipe of docs/small-data.md."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per micro-batch per process.", show_default="16"),
     accum_steps: Optional[int] = typer.Option(None, "--accum-steps", help="Micro-batches per optimiser step.", show_default="1"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default="1e-3"),
@@ -25,7 +26,15 @@ def train_command(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Channels-last memory layout (faster convolutions on GPU).",
                                                  show_default="on"),
-    select: Optional[str] = typer.Option(None, help="Best checkpoint by validation 'auroc' or 'loss'.", show_default="auroc"),
+    select: Optional[str] = typer.Option(None, help="Bundle weights: best epoch by validation 'auroc' or 'loss', or "
+                                                    "'last' (the final epoch's, EMA ones with --ema-decay).",
+                                         show_default="auroc"),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Keep an exponential moving average of the "
+                                                                        "weights (e.g. 0.99); it is validated and shipped.",
+                                              show_default="off"),
+    freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
+                                                    "head learns) or partial (the first half of its convolutions).",
+                                         show_default="none"),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after N epochs without improvement.", show_default="5"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
                                                    help="Also checkpoint every N optimiser steps (0: epoch ends)."),
@@ -61,6 +70,7 @@ def train_command(
     explicit = {"cache": str(cache), "out": str(out), "arch": arch, "epochs": epochs, "preset": preset,
                 "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
                 "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
+                "ema_decay": ema_decay, "freeze": freeze,
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
@@ -73,8 +83,12 @@ def train_command(
     else:
         cfg = resolve_config(config, **explicit, resume=resume or None)
     result = train(cfg)
-    typer.echo(f"best validation {cfg.select}: {result.best_metric:.4f} (epoch {result.best_epoch + 1}); "
-               f"bundle: {result.bundle_dir}")
+    if cfg.select == "last":
+        typer.echo(f"final epoch {result.epochs_run}: validation mean AUROC {result.best_metric:.4f}; "
+                   f"bundle: {result.bundle_dir}")
+    else:
+        typer.echo(f"best validation {cfg.select}: {result.best_metric:.4f} (epoch {result.best_epoch + 1}); "
+                   f"bundle: {result.bundle_dir}")
     typer.echo(RESEARCH_NOTICE)
 
 
