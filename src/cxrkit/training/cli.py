@@ -134,6 +134,9 @@ def bench_train_command(
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add `cxr train` and `cxr bench train`."""
+    """Add `cxr train`, `cxr pretrain`, `cxr learning-curve` and `cxr bench train`."""
+    from cxrkit.training.pretrain.cli import pretrain_command
+
     app.command("train")(train_command)
+    app.command("pretrain")(pretrain_command)
     groups["bench"].command("train")(bench_train_command)
