@@ -92,6 +92,55 @@ def train_command(
     typer.echo(RESEARCH_NOTICE)
 
 
+def learning_curve_command(
+    cache: Path = typer.Argument(..., help="Prepared cache of labelled films (cxr prepare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder: runs/, learning_curve.json/.csv/.png."),
+    fractions: str = typer.Option("0.1,0.3,1", help="Shares of the labelled pool to train on, comma-separated."),
+    init: str = typer.Option("random", help="Initialisations, comma-separated: 'random' or --pretrained values "
+                                            "(a cxr pretrain backbone file, a bundle, KIND:FILE)."),
+    preset: str = typer.Option("chexnet", help="Recipes, comma-separated: chexnet (cxr train's defaults), "
+                                               "small-data, cpu-demo."),
+    folds: int = typer.Option(5, help="Patient-level cross-validation folds (1: the cache's own train/val/test)."),
+    val_share: float = typer.Option(0.15, "--val-share", help="Share of each fold's training patients held out "
+                                                              "for validation."),
+    arch: Optional[str] = typer.Option(None, help="Architecture of every run.", show_default="the recipe's"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", "--size", help="Model input side in px."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of every run.", show_default="the recipe's"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of every run.", show_default="the recipe's"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="CPU threads for torch."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML or JSON file of TrainConfig settings for "
+                                                                 "every run."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with test-time augmentation (zoom and shift "
+                                                           "views, no flip)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the CIs."),
+    seed: int = typer.Option(0, help="Seed of folds, subsets and training."),
+) -> None:
+    """AUROC (95% CI) against the number of labelled films for several recipes and initialisations, by
+    patient-level cross-validation; resumable; writes a PNG figure, JSON and CSV."""
+    from cxrkit.training.config import read_config_file
+    from cxrkit.training.curve import CurveSpec, CurveError, learning_curve
+
+    try:
+        shares = [float(x) for x in fractions.split(",") if x.strip()]
+    except ValueError:
+        raise CurveError(f"--fractions {fractions!r}: give comma-separated shares, e.g. 0.1,0.3,1") from None
+    train = {**(read_config_file(config) if config else {}),
+             **{k: v for k, v in {"arch": arch, "image_size": image_size, "epochs": epochs, "batch_size": batch_size,
+                                  "lr": lr, "num_threads": num_threads}.items() if v is not None}}
+    spec = CurveSpec(cache=str(cache), out=str(out), fractions=shares,
+                     inits=[x.strip() for x in init.split(",") if x.strip()],
+                     presets=[x.strip() for x in preset.split(",") if x.strip()], folds=folds, val_share=val_share,
+                     seed=seed, n_boot=n_boot, tta=tta, train=train)
+    report = learning_curve(spec, progress=lambda line: typer.echo(line, err=True))
+    for r in report["results"]:
+        ci = (f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else "[n/a]")
+        auc = f"{r['mean_auroc']:.3f}" if r["mean_auroc"] is not None else "n/a"
+        typer.echo(f"{r['recipe']:<40} {r['fraction']:>5g} ({r['n_labelled']:.0f} labelled films): mean AUROC "
+                   f"{auc} {ci}")
+    typer.echo(f"wrote {out / 'learning_curve.png'}, .json and .csv")
+
+
 def bench_train_command(
     cache: Optional[Path] = typer.Option(None, help="Cache to read.",
                                          show_default="build a phantom one"),
@@ -139,4 +188,5 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     app.command("train")(train_command)
     app.command("pretrain")(pretrain_command)
+    app.command("learning-curve")(learning_curve_command)
     groups["bench"].command("train")(bench_train_command)

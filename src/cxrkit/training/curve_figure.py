@@ -1,0 +1,33 @@
+"""The learning-curve figure: test mean AUROC (95 % CI bars) against labelled films, one line per recipe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def curve_figure(report: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    recipes = list(dict.fromkeys(r["recipe"] for r in report["results"]))
+    for i, name in enumerate(recipes):
+        rs = sorted((r for r in report["results"] if r["recipe"] == name), key=lambda r: r["n_labelled"])
+        x = [r["n_labelled"] * (1 + 0.02 * (i - (len(recipes) - 1) / 2)) for r in rs]  # dodge overlapping bars
+        y = [r["mean_auroc"] if r["mean_auroc"] is not None else float("nan") for r in rs]
+        lo = [max(0.0, yy - (r["ci_low"] if r["ci_low"] is not None else yy)) for yy, r in zip(y, rs)]
+        hi = [max(0.0, (r["ci_high"] if r["ci_high"] is not None else yy) - yy) for yy, r in zip(y, rs)]
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled films (train + validation, mean per fold)")
+    ax.set_ylabel("test mean AUROC (95% CI)")
+    n = report["results"][0]["n_test"] if report["results"] else 0
+    ax.set_title(f"Learning curve: {report['folds']} fold(s), {n} test films", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
