@@ -31,8 +31,10 @@ class PretrainResult:
     n_films: int
 
 
-def pretrain(config: PretrainConfig) -> PretrainResult:
-    """Pretrain ``config.arch`` on the unlabelled films of ``config.sources``; resumable; alone or under torchrun."""
+def pretrain(config: PretrainConfig, on_epoch=None) -> PretrainResult:
+    """Pretrain ``config.arch`` on the unlabelled films of ``config.sources``; resumable; alone or under torchrun.
+    ``on_epoch(record)`` (rank 0, optional) returning True stops after that epoch, backbone written, as
+    :func:`cxrkit.training.train`'s hook does; ``--resume`` continues such a run."""
     cfg = PretrainConfig.from_dict(config.to_dict()).validate()
     info = dist_util.env_info()
     device = dist_util.pick_device(cfg.device, info)
@@ -41,7 +43,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     try:
         if cfg.num_threads:
             torch.set_num_threads(int(cfg.num_threads))
-        return _run(cfg, info, device)
+        return _run(cfg, info, device, on_epoch)
     finally:
         torch.set_num_threads(threads)
         dist_util.shutdown(created)
@@ -79,7 +81,7 @@ def _build(cfg: PretrainConfig, device: torch.device):
     return model.to(device).to(memory_format=fmt), fmt
 
 
-def _run(cfg: PretrainConfig, info, device: torch.device) -> PretrainResult:
+def _run(cfg: PretrainConfig, info, device: torch.device, on_epoch=None) -> PretrainResult:
     from cxrkit.data.loader import CacheLoader
     from cxrkit.models import GREY_MEAN, GREY_STD, to_model_input
     from cxrkit.models.imports.backbone_file import save_backbone
@@ -191,6 +193,9 @@ def _run(cfg: PretrainConfig, info, device: torch.device) -> PretrainResult:
             checkpoint()
             if info.is_main:
                 write_history(out, s["history"])
+            stop = bool(on_epoch(dict(record))) if (on_epoch is not None and info.is_main) else False
+            if dist_util.broadcast(stop, info):
+                break
     finally:
         monitor.close()
     dist_util.barrier(info)
