@@ -57,6 +57,9 @@ def pretrain_command(
             raise ConfigError(f"cannot resume {out} with different {', '.join(clash)}; drop those options")
     cfg = PretrainConfig.from_dict({**data, **given}).validate()
     result = pretrain(cfg)
-    typer.echo(f"pretrained {cfg.arch} on {result.n_films} films for {result.epochs_run} epochs (final loss "
-               f"{result.final_loss:.4f}); backbone: {result.backbone}  ->  cxr train CACHE --pretrained "
-               f"{result.backbone} ...")
+    from cxrkit.training.distributed import env_info
+
+    if env_info().is_main:
+        typer.echo(f"pretrained {cfg.arch} on {result.n_films} films for {result.epochs_run} epochs (final loss "
+                   f"{result.final_loss:.4f}); backbone: {result.backbone}  ->  cxr train CACHE --pretrained "
+                   f"{result.backbone} ...")

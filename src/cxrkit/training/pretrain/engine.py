@@ -180,7 +180,8 @@ def _run(cfg: PretrainConfig, info, device: torch.device, on_epoch=None) -> Pret
                 if cfg.checkpoint_every and s["step"] % cfg.checkpoint_every == 0:
                     checkpoint()
             elapsed = time.perf_counter() - t0
-            record = {"epoch": epoch, "loss": s["loss_sum"] / max(s["loss_n"], 1),
+            epoch_loss = dist_util.all_reduce_mean(s["loss_sum"] / max(s["loss_n"], 1), info, device)
+            record = {"epoch": epoch, "loss": epoch_loss,
                       "collapse_std": collapse_std(z) if z is not None else None,
                       "lr": float(opt.param_groups[0]["lr"]), "img_per_s": seen * info.world_size / max(elapsed, 1e-9),
                       "time_s": elapsed}
