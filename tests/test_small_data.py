@@ -104,7 +104,8 @@ def test_warmup_then_cosine(cache, tmp_path):
 
 
 def test_radiograph_augmentation_is_seeded_bounded_and_never_flips():
-    from cxrkit.training.augment import AugmentSpec, augment, tta_batches
+    from cxrkit.evaluation.tta import tta_batches
+    from cxrkit.training.augment import AugmentSpec, augment
 
     spec = AugmentSpec(hflip=False, rotate_deg=5, translate=0, scale=0, crop_scale=0.6, gamma=0.3, contrast=0.3,
                        noise=0.05)
@@ -179,3 +180,21 @@ def test_learning_curve_on_tiny_data(cache, tmp_path):
     learning_curve(spec, progress=lines.append)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 4
     assert len(json.loads((out / "learning_curve.json").read_text())["results"]) == 4
+
+
+def test_tta_predictor_averages_the_views(cache, tmp_path, make_tiny_bundle):
+    from cxrkit.bundle import load_bundle
+    from cxrkit.data.cache import open_cache
+    from cxrkit.evaluation.predict import predict_rows
+    from cxrkit.evaluation.tta import TTAPredictor, tta_batches
+
+    pred = load_bundle(make_tiny_bundle(tmp_path / "b", arch="cxr_tiny", size=32))
+    c = open_cache(cache)
+    rows = c.rows("test")[:8]
+    tta = predict_rows(TTAPredictor(pred), c, rows, progress=False)["probs"]
+    batch = torch.from_numpy(np.ascontiguousarray(c.images[np.sort(rows)])).unsqueeze(1)
+    views = [pred.forward_uint8(v)["probs"] for v in tta_batches(batch)]
+    order = np.argsort(np.argsort(rows))
+    assert np.allclose(tta, np.mean(views, axis=0)[order], atol=1e-6)
+    assert not np.allclose(tta, views[0][order])
+    assert TTAPredictor(pred).label_names == pred.label_names

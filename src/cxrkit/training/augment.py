@@ -117,20 +117,3 @@ def augment(x: torch.Tensor, spec: AugmentSpec, seed: int, epoch: int, step: int
         x = (intensity(x * std + mean, spec, gen) - mean) / std
     return x
 
-
-# Test-time views: the film itself, zoomed in 5 %, and shifted by 3 % along each diagonal. No flip: a mirrored chest
-# film shows the heart on the wrong side, which no real film does.
-TTA_VIEWS = ((1.0, 0.0, 0.0), (1.05, 0.0, 0.0), (1.0, 0.03, 0.03), (1.0, -0.03, -0.03))
-
-
-def tta_batches(images_u8: torch.Tensor) -> list[torch.Tensor]:
-    """The :data:`TTA_VIEWS` of a uint8 B x 1 x S x S batch, as uint8 batches (outside pixels black)."""
-    x = images_u8.float()
-    out = []
-    for zoom, tx, ty in TTA_VIEWS:
-        if zoom == 1.0 and tx == 0.0 and ty == 0.0:
-            out.append(images_u8)
-            continue
-        theta = torch.tensor([[1 / zoom, 0.0, tx * 2], [0.0, 1 / zoom, ty * 2]]).expand(x.shape[0], 2, 3)
-        out.append(augment_batch(x, theta, fill=0.0).round().clamp(0, 255).to(torch.uint8))
-    return out

@@ -97,20 +97,12 @@ def fold_plan(patients: np.ndarray, folds: int, val_share: float, seed: int, own
 
 
 def _predict(bundle: Path, cache, rows: np.ndarray, tta: bool) -> np.ndarray:
-    import torch
-
     from cxrkit.bundle import load_bundle
     from cxrkit.evaluation.predict import predict_rows
-    from cxrkit.training.augment import tta_batches
+    from cxrkit.evaluation.tta import TTAPredictor
 
     pred = load_bundle(bundle)
-    if not tta:
-        return predict_rows(pred, cache, rows, progress=False)["probs"]
-    out = []
-    for s in range(0, len(rows), 64):
-        batch = torch.from_numpy(np.ascontiguousarray(cache.images[rows[s:s + 64]])).unsqueeze(1)
-        out.append(np.mean([pred.forward_uint8(v)["probs"] for v in tta_batches(batch)], axis=0))
-    return np.concatenate(out) if out else np.zeros((0, len(pred.label_names)), np.float32)
+    return predict_rows(TTAPredictor(pred) if tta else pred, cache, rows, progress=False)["probs"]
 
 
 def _train_run(cache_view: Path, run_dir: Path, preset: str, init: str, spec: CurveSpec) -> dict:
