@@ -3,7 +3,8 @@ several recipes (preset x initialisation), by patient-level K-fold cross-validat
 
 Per fold, the held-out patients are the test set; of the others, ``val_share`` are a validation split and the rest
 is the labelled pool, whose first 10 %, 30 %, ... patients (one permutation per fold, so subsets are nested) are the
-training sets. Out-of-fold predictions of all folds are pooled and scored together (every film is scored once, by
+training sets; the validation split shrinks by the same share (a label budget covers validation films too).
+Out-of-fold predictions of all folds are pooled and scored together (every film is scored once, by
 a model that never saw it). Each training run is its own run folder, so an interrupted curve resumes where it
 stopped and a second call with more recipes reuses the finished runs.
 """
@@ -75,25 +76,27 @@ def arm_name(preset: str, init: str) -> str:
 
 
 def fold_plan(patients: np.ndarray, folds: int, val_share: float, seed: int, own_splits: np.ndarray | None):
-    """[(test_mask, val_mask, ordered pool patients)] per fold; ``own_splits``: the cache's split column (folds=1)."""
+    """[(test_mask, ordered validation patients, ordered pool patients)] per fold; ``own_splits``: the cache's
+    split column (used when folds=1)."""
     uniq = np.unique(patients)
     rng = np.random.default_rng(seed)
-    plans = []
     if folds == 1:
-        test = own_splits == "test"
-        val = own_splits == "val"
-        pool = np.unique(patients[own_splits == "train"])
-        plans.append((test, val, pool[rng.permutation(len(pool))]))
-        return plans
+        val_p, pool = (np.unique(patients[own_splits == s]) for s in ("val", "train"))
+        return [(own_splits == "test", val_p[rng.permutation(len(val_p))], pool[rng.permutation(len(pool))])]
     fold_of = dict(zip(uniq[rng.permutation(len(uniq))], np.arange(len(uniq)) % folds))
     fold = np.array([fold_of[p] for p in patients])
+    plans = []
     for k in range(folds):
         rest = np.unique(patients[fold != k])
         rest = rest[np.random.default_rng([seed, k]).permutation(len(rest))]
         n_val = max(1, int(round(val_share * len(rest))))
-        val_p = set(rest[:n_val])
-        plans.append((fold == k, np.isin(patients, list(val_p)), rest[n_val:]))
+        plans.append((fold == k, rest[:n_val], rest[n_val:]))
     return plans
+
+
+def _first(ordered: np.ndarray, f: float, least: int) -> np.ndarray:
+    """The first share ``f`` of ``ordered`` patients (at least ``least``): nested subsets across fractions."""
+    return ordered[:min(len(ordered), max(least, int(math.ceil(f * len(ordered)))))]
 
 
 def _predict(bundle: Path, cache, rows: np.ndarray, tta: bool) -> np.ndarray:
@@ -144,11 +147,12 @@ def learning_curve(spec: CurveSpec, progress=print) -> dict:
     scores = {(a, f): np.full((len(cache.index), len(names)), np.nan, np.float32)
               for a in map(lambda x: arm_name(*x), arms) for f in spec.fractions}
     per_fold, sizes, costs = {}, {}, {}
-    for k, (test, val, pool) in enumerate(plans):
+    for k, (test, val_patients, pool) in enumerate(plans):
         test_rows = np.flatnonzero(test)
         for f in spec.fractions:
-            n_pat = min(len(pool), max(2, int(math.ceil(f * len(pool)))))
-            train_mask = np.isin(patients, pool[:n_pat])
+            # a label budget covers the validation films too: both splits shrink with the fraction
+            train_mask = np.isin(patients, _first(pool, f, 2))
+            val = np.isin(patients, _first(val_patients, f, 2))
             splits = np.where(test, "test", np.where(val, "val", np.where(train_mask, "train", "unused")))
             view = write_split_view(cache, out / "views" / f"fold{k}" / f"f{f:g}", splits)
             sizes.setdefault(f, []).append({"train": int(train_mask.sum()), "val": int(val.sum()),
