@@ -198,3 +198,12 @@ def test_tta_predictor_averages_the_views(cache, tmp_path, make_tiny_bundle):
     assert np.allclose(tta, np.mean(views, axis=0)[order], atol=1e-6)
     assert not np.allclose(tta, views[0][order])
     assert TTAPredictor(pred).label_names == pred.label_names
+
+
+def test_curve_figure_with_one_label_budget_is_a_dot_plot(tmp_path):
+    from cxrkit.training.curve_figure import curve_figure
+
+    results = [{"recipe": n, "fraction": 1.0, "n_labelled": 337.0, "n_test": 421, "mean_auroc": m, "ci_low": m - 0.03,
+                "ci_high": m + 0.03} for n, m in (("chexnet+random", 0.59), ("small-data+random", 0.6))]
+    path = curve_figure({"folds": 5, "results": results}, tmp_path / "dots.png")
+    assert path.stat().st_size > 5000

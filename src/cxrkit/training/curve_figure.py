@@ -10,8 +10,10 @@ def curve_figure(report: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     recipes = list(dict.fromkeys(r["recipe"] for r in report["results"]))
+    if len({r["fraction"] for r in report["results"]}) == 1:
+        return _dot_plot(report, recipes, path, plt)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for i, name in enumerate(recipes):
         rs = sorted((r for r in report["results"] if r["recipe"] == name), key=lambda r: r["n_labelled"])
         x = [r["n_labelled"] * (1 + 0.02 * (i - (len(recipes) - 1) / 2)) for r in rs]  # dodge overlapping bars
@@ -27,6 +29,32 @@ def curve_figure(report: dict, path: str | Path) -> Path:
     ax.set_title(f"Learning curve: {report['folds']} fold(s), {n} test films", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _ci(r: dict) -> tuple[float, float, float]:
+    y = r["mean_auroc"] if r["mean_auroc"] is not None else float("nan")
+    lo = y - r["ci_low"] if r["ci_low"] is not None else 0.0
+    hi = r["ci_high"] - y if r["ci_high"] is not None else 0.0
+    return y, max(lo, 0.0), max(hi, 0.0)
+
+
+def _dot_plot(report: dict, recipes: list[str], path, plt) -> Path:
+    """One label budget: the recipes side by side, mean AUROC with its CI."""
+    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.45 * len(recipes)), dpi=120)
+    for i, name in enumerate(recipes):
+        y, lo, hi = _ci(next(r for r in report["results"] if r["recipe"] == name))
+        ax.errorbar([y], [i], xerr=[[lo], [hi]], marker="o", capsize=3, color=f"C{i}")
+    ax.set_yticks(range(len(recipes)), recipes, fontsize=8)
+    ax.invert_yaxis()
+    r0 = report["results"][0]
+    ax.set_xlabel("test mean AUROC (95% CI)")
+    ax.set_title(f"{report['folds']} fold(s), {r0['n_test']} test films, {r0['n_labelled']:.0f} labelled films per fold",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
