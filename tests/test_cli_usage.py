@@ -30,7 +30,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (("train", "cache/phantom"), "Usage: cxr train", "Missing option '--out'"),
     (("train", "cache/phantom", "--epoch", "3", "--out", "runs/r1"), "Usage: cxr train", "No such option: --epoch"),
     (("serve", "runs/r1/bundle", "--port", "99999"), "Usage: cxr serve", "'--port'"),
-    (("trian",), "Usage: cxr ", "Did you mean 'train'?"),
+    (("trian",), "Usage: cxr ", "Did you mean 'train'"),  # click may add close names ('pretrain')
     (("predict", "--frobnicate"), "Usage: cxr predict", "No such option: --frobnicate"),
 ])
 def test_usage_error_is_short_and_exits_2(tmp_path, args, usage, message):

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dicom_peers import (
@@ -30,6 +31,8 @@ def node_bundle(make_tiny_bundle, folder: Path) -> Path:
     bundle = make_tiny_bundle(folder)
     cfg = read_bundle_config(bundle)
     cfg["thresholds"] = {n: (0.0 if n in ("Pneumothorax", "Consolidation") else 1.01) for n in cfg["label_names"]}
+    # tuned box parameters for one finding (cxr tune-boxes stores them so): its SR regions must follow them
+    cfg["explain"] = {"boxes": {"cam": {"Consolidation": {"threshold": 0.3, "min_area_frac": 0.0, "max_boxes": 1}}}}
     write_bundle_config(bundle, cfg)
     return bundle
 
@@ -72,7 +75,7 @@ def _study(tmp_path, shared_data, name, n=1, **kw):
                    for k in range(n)]
 
 
-def test_echo_and_single_film_round_trip(node, pacs, tmp_path, shared_data, caplog):
+def test_echo_and_single_film_round_trip(node, bundle, pacs, tmp_path, shared_data, caplog):
     import highdicom as hd
     import pydicom
 
@@ -109,6 +112,21 @@ def test_echo_and_single_film_round_trip(node, pacs, tmp_path, shared_data, capl
     assert found["Consolidation"]["positive"] and found["Consolidation"]["boxes"], "a hot region gets a box"
     assert found["Pneumothorax"]["positive"] and not found["Pneumothorax"]["boxes"], "a flat map gets none"
     assert not found["Effusion"]["positive"]
+    # the boxes are boxes_for's, with the bundle's tuned parameters (one box at 0.3 x peak), in the SR too
+    from cxrkit.bundle import load_bundle
+    from cxrkit.data.dicom import decode_dicom
+    from cxrkit.deploy.dicom.sr import box_polyline
+    from cxrkit.explain import boxes_for, explain_images
+
+    pred = load_bundle(bundle)
+    image, _ = decode_dicom(pydicom.dcmread(files[0]))
+    expected = boxes_for(pred, "Consolidation", explain_images(pred, [image], ["Consolidation"])[0]["Consolidation"],
+                         "cam")
+    assert len(expected) == 1 and expected[0][2] * expected[0][3] > 0
+    np.testing.assert_allclose(found["Consolidation"]["boxes"], [b[:4] for b in expected], atol=1.0)
+    rois = report.content.get_planar_roi_measurement_groups()
+    assert len(rois) == 1  # Consolidation's one box; Pneumothorax (flat map) has none
+    np.testing.assert_allclose(rois[0].roi.value, box_polyline(expected[0], src.Rows, src.Columns), atol=1.0)
     # retention "delete" (default): once every result is delivered the film and the sent results leave the spool
     end = time.time() + 10
     while time.time() < end and list((node.spool.root / "incoming").glob("*/*.dcm")):

@@ -15,7 +15,7 @@ from cxrkit.data.decode import read_image  # noqa: E402
 from cxrkit.data.labels import NIH_FINDINGS  # noqa: E402
 from cxrkit.deploy.export import export, synthetic_parity_images  # noqa: E402
 from cxrkit.deploy.onnx_runtime import BackendError, load_predictor  # noqa: E402
-from cxrkit.deploy.openvino_runtime import OpenVinoPredictor, _bucket  # noqa: E402
+from cxrkit.deploy.openvino_runtime import OpenVinoPredictor, buckets_for, plan_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,23 @@ def test_fp32_matches_onnx_runtime_and_torch(exported, films):
     assert list(ov.label_names) == list(NIH_FINDINGS)
 
 
-def test_batches_are_padded_to_powers_of_two_and_rows_independent(exported, films):
+def test_batches_run_in_bounded_buckets_and_rows_independent(exported, films):
     ov = OpenVinoPredictor(exported / "model.onnx", max_batch=4)
     one_by_one = np.concatenate([ov.predict([f]) for f in films])
     together = ov.predict(films, batch_size=7)  # 7 rows: a padded chunk of 4 and one of 4 (3 real rows)
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     assert sorted(ov._requests) == [1, 4]
     assert ov.predict([]).shape == (0, 14)
-    assert [_bucket(n, 64) for n in (1, 2, 3, 5, 16, 17, 64, 100)] == [1, 2, 4, 8, 16, 32, 64, 64]
+    assert buckets_for(16) == (1, 4, 16) and buckets_for(4) == (1, 4)
+    # at most three compiled shapes whatever the batch sizes; padding only where it is cheaper than another call
+    plans = {n: plan_batches(n, (1, 4, 16)) for n in (1, 2, 3, 5, 14, 16, 17, 100)}
+    assert plans == {1: [1], 2: [1, 1], 3: [4], 5: [4, 1], 14: [16], 16: [16], 17: [16, 1],
+                     100: [16] * 6 + [4]}
+    assert all(sum(p) >= n and sum(p) - n < 4 for n, p in plans.items())
+    many = OpenVinoPredictor(exported / "model.onnx")
+    for n in (1, 2, 3, 5, 9, 17):
+        many.predict(films[:1] * n, batch_size=n)
+    assert sorted(many._requests) == [1, 4, 16]
 
 
 def test_int8_and_bf16_run_close_to_fp32(exported, films):
@@ -133,6 +142,9 @@ def test_serve_with_openvino_int8(exported, shared_data):
         info = client.get("/v1/model", headers={"X-API-Key": "k" * 24}).json()
         assert info["runtime"] == {"backend": "openvino", "precision": "int8", "device": "cpu",
                                    "file": "model.int8.onnx"}
+        assert r.json()["runtime"]["backend"] == "openvino" and info["runtime_choice"]["chosen"] == "asked"
+        # heatmaps come from the bundle's torch weights, loaded on the heatmap thread: the fast runtime keeps them
         heat = client.post("/v1/predict", params={"heatmap": "true"}, headers={"X-API-Key": "k" * 24},
                            files={"file": ("x.png", img.read_bytes(), "image/png")})
-        assert heat.status_code == 400 and "torch backend" in heat.text
+        assert heat.status_code == 200, heat.text
+        assert set(heat.json()["heatmaps"]["overlays"]) == set(NIH_FINDINGS)

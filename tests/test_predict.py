@@ -206,3 +206,38 @@ def test_the_cxr_command_itself_exits_with_those_codes(bundle, inputs, tmp_path)
                                str(tmp_path / f"r{len(files)}.csv")], capture_output=True, text=True, timeout=240)
         codes.append(proc.returncode)
     assert codes == [1, 3]
+
+
+def test_boxes_in_csv_and_jsonl_follow_the_bundles_tuned_parameters(bundle, inputs, tmp_path):
+    from cxrkit.bundle import read_bundle_config, write_bundle_config
+    from cxrkit.data.decode import read_image
+    from cxrkit.explain import boxes_for, explain_images
+
+    tuned = tmp_path / "bundle"
+    shutil.copytree(bundle, tuned)
+    cfg = read_bundle_config(tuned)
+    # Effusion always positive, with tuned boxes (one, at 0.3 x peak); Mass always positive, defaults
+    cfg["thresholds"] = {n: (0.0 if n in ("Effusion", "Mass") else 1.01) for n in cfg["label_names"]}
+    cfg["explain"] = {"boxes": {"cam": {"Effusion": {"threshold": 0.3, "min_area_frac": 0.0, "max_boxes": 1}}}}
+    write_bundle_config(tuned, cfg)
+    pred = load_bundle(tuned)
+    path = sorted(inputs.glob("0*.png"))[0]
+    rows = predict_files(pred, [path, inputs / "notes.png"])
+    row = rows[0]
+    assert row["box_method"] == "cam" and set(row["boxes"]) == {"Effusion", "Mass"}
+    maps = explain_images(pred, [read_image(path)], ["Effusion", "Mass"])[0]
+    for name in ("Effusion", "Mass"):
+        assert row["boxes"][name] == [list(b) for b in boxes_for(pred, name, maps[name], "cam")]
+    assert len(row["boxes"]["Effusion"]) == 1  # the tuned max_boxes
+    for x, y, w, h, score in row["boxes"]["Mass"]:
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= row["width"] and 0 < score <= 1
+    assert "boxes" not in rows[1]  # an error row has no boxes
+    write_results(rows, tmp_path / "r.csv", pred.label_names)
+    write_results(rows, tmp_path / "r.jsonl", pred.label_names)
+    with open(tmp_path / "r.csv", newline="") as fh:
+        got = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    assert json.loads(got[0]["boxes"]) == row["boxes"] and got[0]["box_method"] == "cam"
+    assert got[1]["boxes"] == ""
+    assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])["boxes"] == row["boxes"]
+    skipped = predict_files(pred, [path], boxes=False)[0]
+    assert "boxes" not in skipped and "box_method" not in skipped and skipped["probs"] == row["probs"]

@@ -422,3 +422,36 @@ def test_quality_gate_verdicts(tmp_path, shared_data, nih_png, make_tiny_bundle)
     assert abdomen["quality"]["ok"] is False and "DICOM header" in abdomen["quality"]["reason"]
     assert described["quality_gate"] == "lr-handcrafted"
     shutil.rmtree(gated, ignore_errors=True)
+
+
+def test_heatmap_boxes_are_the_positive_findings_with_tuned_parameters(bundle, tmp_path, dicom):
+    import base64
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from cxrkit.bundle import read_bundle_config, write_bundle_config
+
+    tuned = tmp_path / "bundle"
+    shutil.copytree(bundle, tuned)
+    cfg = read_bundle_config(tuned)
+    # (this random model's Consolidation and Pneumonia maps on the film have hot regions)
+    cfg["thresholds"] = {n: (0.0 if n in ("Consolidation", "Pneumonia") else 1.01) for n in cfg["label_names"]}
+    cfg["explain"] = {"boxes": {"cam": {"Consolidation": {"threshold": 0.9, "min_area_frac": 0.0, "max_boxes": 1}}}}
+    write_bundle_config(tuned, cfg)
+    with serve_in_thread(create_app(tuned, api_key=KEY, timeout_s=30)) as url, \
+            httpx.Client(base_url=url, timeout=30) as c:
+        body = _predict(c, dicom, "film.dcm", {"heatmap": "true", "findings": "Consolidation,Pneumonia,Mass"}).json()
+    hm = body["heatmaps"]
+    assert hm["method"] == "cam" and set(hm["boxes"]) == {"Consolidation", "Pneumonia"}  # positives only
+    assert len(hm["boxes"]["Consolidation"]) == 1 and 1 <= len(hm["boxes"]["Pneumonia"]) <= 3  # tuned / default
+    for name, boxes in hm["boxes"].items():
+        alpha = cv2.imdecode(np.frombuffer(base64.b64decode(hm["overlays"][name].split(",", 1)[1]), np.uint8),
+                             cv2.IMREAD_UNCHANGED)[..., 3].astype(float)
+        f = alpha.shape[1] / body["image"]["width"]  # the overlay is the image at 128 px
+        b = boxes[0]
+        assert 0 <= b["x"] and 0 <= b["y"] and b["x"] + b["w"] <= 1024.5 and b["y"] + b["h"] <= 1024.5
+        inside = alpha[int(b["y"] * f):int(np.ceil((b["y"] + b["h"]) * f)),
+                       int(b["x"] * f):int(np.ceil((b["x"] + b["w"]) * f))]
+        assert inside.max() >= 0.9 * alpha.max(), name  # the hottest box holds the map's peak, in image pixels

@@ -55,13 +55,14 @@ def tiny(tmp_path_factory):
 
 def _cfg(base: Path, out: str, **kw) -> TrainConfig:
     args = dict(cache=str(base / "cache"), out=str(base / out), arch="resnet10t", image_size=64, epochs=2,
-                batch_size=16, checkpoint_every=3, num_threads=1, deterministic=True, quiet=True, tensorboard=False)
+                batch_size=16, checkpoint_every=3, num_threads=1, deterministic=True, quiet=True, tensorboard=False,
+                export=False)  # the automatic ONNX export is tested in test_runtime_auto.py
     args.update(kw)
     return TrainConfig(**args)
 
 
 CLI_ARGS = ["--arch", "resnet10t", "--epochs", "2", "--size", "64", "--batch-size", "16", "--checkpoint-every", "3",
-            "--num-threads", "1", "--deterministic", "--quiet", "--no-tensorboard"]
+            "--num-threads", "1", "--deterministic", "--quiet", "--no-tensorboard", "--no-export"]
 
 
 def _weights(bundle: Path) -> dict[str, torch.Tensor]:

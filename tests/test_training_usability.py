@@ -39,7 +39,7 @@ def test_progress_lines_early_stop_and_gate_without_a_terminal(cache, tmp_path):
     # ends the run (nearly always before epoch 4)
     proc = cxr("train", cache, "--out", run, "--arch", "cxr_tiny", "--size", "48", "--epochs", "4", "--batch-size",
                "8", "--lr", "1e-9", "--early-stop", "1", "--select", "loss", "--num-threads", "1",
-               "--no-tensorboard", "--no-augment", cwd=tmp_path)
+               "--no-tensorboard", "--no-augment", "--no-export", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     err = proc.stderr
     first = err.index("epoch 1/4: batch 1/")  # a line after the very first step of epoch 1
@@ -62,10 +62,11 @@ def test_progress_lines_early_stop_and_gate_without_a_terminal(cache, tmp_path):
 def test_no_quality_gate_and_quiet(cache, tmp_path):
     proc = cxr("train", cache, "--out", tmp_path / "r", "--arch", "cxr_tiny", "--size", "48", "--epochs", "1",
                "--batch-size", "8", "--num-threads", "1", "--no-tensorboard", "--no-quality-gate", "--quiet",
-               cwd=tmp_path)
+               "--no-export", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 1/1: batch" not in proc.stderr and "quality gate" not in proc.stderr
     assert json.loads((tmp_path / "r" / "bundle" / "config.json").read_text())["quality_gate"] is None
+    assert not (tmp_path / "r" / "bundle" / "model.onnx").exists()  # --no-export
 
 
 def test_cxr_import_and_train_from_it(cache, tmp_path):
@@ -87,7 +88,7 @@ def test_cxr_import_and_train_from_it(cache, tmp_path):
     run = tmp_path / "ft"
     proc = cxr("train", cache, "--out", run, "--arch", "densenet121", "--pretrained", f"xrv-densenet121:{weights}",
                "--size", "32", "--epochs", "1", "--max-steps", "1", "--batch-size", "4", "--num-threads", "1",
-               "--no-tensorboard", "--no-quality-gate", "--quiet", cwd=tmp_path)
+               "--no-tensorboard", "--no-quality-gate", "--quiet", "--no-export", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     inp = json.loads((run / "bundle" / "config.json").read_text())["input"]
     assert inp["mean"] == 0.5 and inp["std"] == pytest.approx(1 / 2048) and inp["range"] == [-1024.0, 1024.0]

@@ -17,7 +17,7 @@ from cxrkit.tuning.study import TuneSpec, run_study  # noqa: E402
 
 FIXED = {"arch": "cxr_tiny", "image_size": 32, "epochs": 2, "batch_size": 16, "num_threads": 1,
          "deterministic": True, "tensorboard": False, "augment": False, "early_stop_patience": None,
-         "quality_gate": False}  # the gate fit is most of a tiny trial's time and no test here needs it
+         "export": False, "quality_gate": False}  # export and the gate fit: most of a tiny trial's time
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,13 @@ for (const type of ["dragenter", "dragover", "drop"]) {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, make_tiny_bundle):
+    from cxrkit.bundle import read_bundle_config, write_bundle_config
+
     torch.set_num_threads(1)
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("web") / "bundle")
+    cfg = read_bundle_config(bundle)
+    cfg["thresholds"] = {n: 0.0 for n in cfg["label_names"]}  # every finding positive: every map gets boxes
+    write_bundle_config(bundle, cfg)
     with serve_in_thread(create_app(bundle, api_key=KEY)) as url:
         yield url
 
@@ -114,6 +119,22 @@ def test_browser_upload_png_and_dicom(server, shared_data, tmp_path):
             assert quality.text.startswith("Not quality-checked") and "unchecked" in quality.get_attribute("class")
 
         upload_and_wait(png, "PNG", "256 x 256")
+        # the boxes of a positive finding's map are drawn as SVG rectangles over it, one per box of the API
+        api = httpx.post(server + "/v1/predict?heatmap=true", headers={"X-API-Key": KEY},
+                         files={"file": (png.name, png.read_bytes())}, timeout=30).json()["heatmaps"]["boxes"]
+        name = next((n for n, b in api.items() if b), None)
+        assert name, "every finding is positive here: some map must have a box"
+        shown = driver.find_element(By.ID, "overlay").get_attribute("data-finding")
+        toggle = driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-finding="{name}"] button.toggle')
+        if shown != name:
+            toggle.click()
+        drawn = driver.execute_script(
+            "return [...document.querySelectorAll('#boxes rect')].map((r) => r.getBoundingClientRect().width)")
+        assert len(drawn) == len(api[name]) and all(w > 0 for w in drawn)
+        toggle.click()
+        assert driver.execute_script("return document.querySelectorAll('#boxes rect').length") == 0  # hidden too
+        if shown != name:
+            driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-finding="{shown}"] button.toggle').click()
         overlay = driver.find_element(By.ID, "overlay")
         first = overlay.get_attribute("src")
         assert first.startswith("data:image/png;base64,")

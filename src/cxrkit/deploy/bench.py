@@ -160,7 +160,7 @@ def latency(predictor, paths: list[Path], repeats: int = 1, warmup: int = 3) -> 
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
 
 
-def throughput(predictor, paths: list[Path], batch_size: int = 32, workers: int = 2) -> float:
+def throughput(predictor, paths: list[Path], batch_size: int = 32, workers: int | None = None) -> float:
     """img/s of :func:`predict_files` (decode pool + batched model + quality checks)."""
     from cxrkit.deploy.predict import predict_files
 

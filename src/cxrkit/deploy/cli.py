@@ -33,11 +33,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         heatmaps: Optional[Path] = typer.Option(None, help="Write a heatmap figure per positive finding here"),
         batch_size: int = typer.Option(32, min=1, help="Images per forward pass"),
         device: str = typer.Option("cpu", help="Device: cpu or cuda (under torchrun: cuda:LOCAL_RANK)"),
-        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino (the last two run BUNDLE/model*.onnx, "
-                                    "from `cxr export`)"),
-        precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino: fp32/int8/bf16"),
-        workers: int = typer.Option(2, min=1, help="Decoding threads"),
+        backend: str = typer.Option("auto", help="Runtime: auto (the fastest this machine and bundle have, said on "
+                                    "stderr and in the results), torch, onnx or openvino (the last two run "
+                                    "BUNDLE/model*.onnx, written by `cxr train` or `cxr export`)"),
+        precision: str = typer.Option("auto", help="Precision: auto (INT8 only when its recorded accuracy change is "
+                                      "within tolerance), torch fp32/bf16/fp16; onnx fp32/int8; openvino fp32/int8/bf16"),
+        workers: Optional[int] = typer.Option(None, min=1, help="Decoding threads (they also fit films to the model "
+                                              "and run the quality checks)", show_default="every core"),
         gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
+        boxes: bool = typer.Option(True, help="Boxes of each positive finding from its evidence map (columns boxes, "
+                                   "box_method; --no-boxes: skip, one forward less per film)"),
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
@@ -48,11 +53,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         Exit status: 0 every input predicted, 1 some inputs failed, 3 every input failed (the results file is
         written in all three cases), 2 the command could not run.
         """
-        from cxrkit.deploy.onnx_runtime import load_predictor
         from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
+        from cxrkit.deploy.runtime import load_fastest
 
         output_format(out)
-        if heatmaps is not None and backend != "torch":
+        if heatmaps is not None and backend not in ("torch", "auto"):
             raise PredictError("--heatmaps needs --backend torch (CAM/Grad-CAM need the torch model)")
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         barrier = lambda: None  # noqa: E731
@@ -70,12 +75,15 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         paths = expand_inputs(inputs)
         if not paths:
             raise PredictError(f"no input files found in {inputs}")
-        predictor = load_predictor(bundle, backend, device=device, precision=precision)
+        predictor, choice = load_fastest(bundle, device=device, backend=backend, precision=precision,
+                                         heatmaps=heatmaps is not None)
+        if rank == 0:
+            typer.echo(f"runtime: {choice.label()}", err=True)
         warn_if_synthetic(predictor.config)
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,
-                                heatmaps=heatmaps, progress=rank == 0)
+                                heatmaps=heatmaps, boxes=boxes, progress=rank == 0)
         finally:
             if world > 1:
                 import torch.distributed as dist
@@ -180,9 +188,18 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         batch_size: int = typer.Option(256, help="GPU batch"), compile: bool = typer.Option(True, help="Compile the GPU model with torch.compile"),
         precision: str = typer.Option("bf16", help="GPU precision"),
         cache: Optional[Path] = typer.Option(None, help="Prepared cache: INT8 calibration (train) and the AUROC "
-                                             "change fp32 -> int8 on its test split"),
+                                             "change fp32 -> int8 on its test split (one in-process round)"),
+        rounds: int = typer.Option(5, min=0, help="CPU: fresh processes per backend, interleaved; median and "
+                                   "min-max reported (0: one in-process run)"),
+        folder: Optional[Path] = typer.Option(None, help="CPU: folder of full-size films for the folder throughput",
+                                              show_default="generated 1024-px PNGs"),
+        folder_n: int = typer.Option(64, min=1, help="CPU: films of --folder to predict"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here (a .md table "
+                                           "beside it)"),
     ) -> None:
-        """Inference speed: GPU batch img/s, or CPU p50/p99 single-image latency and img/s per backend."""
+        """Inference speed: GPU batch img/s, or per CPU backend single-film p50/p99 latency, the model-alone batch
+        ceiling, folder throughput of `cxr predict` (decoding overlapped) and peak RSS, each repeated in fresh
+        processes."""
         from cxrkit.deploy import bench
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +210,21 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         if device.startswith("cuda"):
             _echo_json(bench.gpu_throughput(bundle, batch_size, precision=precision, compile=compile))
             return
-        _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
-                                    backends=backends, cache=cache))
+        if cache is not None or rounds == 0:
+            _echo_json(bench.cpu_report(bundle, images, workdir, n=n, size=size, threads=threads or None,
+                                        backends=backends, cache=cache))
+            return
+        from cxrkit.deploy.bench_cpu import markdown, repeated_report
+
+        report = repeated_report(bundle, workdir, images=images, folder=folder, rounds=rounds, n=n, size=size,
+                                 folder_n=folder_n, threads=threads or None, backends=backends,
+                                 progress=lambda line: typer.echo(line, err=True))
+        _echo_json(report)
+        typer.echo(markdown(report))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2))
+            out.with_suffix(".md").write_text(markdown(report) + "\n")
 
     # `cxr serve` / `cxr bench serve` are registered by cxrkit.deploy.serve.cli_serve (its own STAGE_CLIS entry).
     app.add_typer(gate_app, name="gate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from cxrkit import RESEARCH_NOTICE
 from cxrkit.data.errors import CxrError, ImageError
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ""}  # "" : DICOM files often have no suffix
 
 
@@ -69,24 +71,111 @@ def _header_fields(meta: dict) -> dict[str, Any]:
             "header_ok": ok, "header_reason": why}
 
 
-def _heatmaps(predictor, image, probs: np.ndarray, positives: np.ndarray, out_dir: Path, stem: str) -> list[str]:
-    from cxrkit.explain import explain_images, render_finding
+class _Maps:
+    """Evidence maps of one film's findings for boxes and heatmap figures: from the exported graph's class maps of
+    the same pass when it has them (no second forward), else from the torch model (loaded once, on first use,
+    when the predictor is an exported graph without them)."""
+
+    def __init__(self, predictor):
+        self.predictor, self._torch, self.method = predictor, None, None
+
+    def explainer(self):
+        if self._torch is None:
+            if hasattr(self.predictor, "model") or hasattr(self.predictor, "members"):
+                self._torch = self.predictor
+            elif getattr(self.predictor, "path", None) is not None and Path(self.predictor.path).is_dir():
+                from cxrkit.deploy.onnx_runtime import load_predictor
+
+                self._torch = load_predictor(self.predictor.path, backend="torch")
+            else:
+                raise PredictError("boxes and heatmaps need the bundle's torch model or a graph exported with CAM "
+                                   "outputs; pass the bundle directory, or --no-boxes")
+        return self._torch
+
+    def __call__(self, image, names: list[str], cam) -> dict[str, np.ndarray]:
+        from cxrkit.explain.cam import concrete_method, explain_images, maps_from_graph
+
+        if not names:
+            return {}
+        if cam is not None:
+            self.method = "cam"
+            idx = [self.predictor.label_names.index(n) for n in names]
+            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *image.shape)))
+        explainer = self.explainer()
+        self.method = concrete_method(explainer)
+        return explain_images(explainer, [image], names)[0]
+
+
+def _heatmaps(image, maps: dict, probs: np.ndarray, names: list[str], label_names, boxes: dict, out_dir: Path,
+              stem: str, method: str) -> list[str]:
+    from cxrkit.explain import render_finding
     from cxrkit.explain.overlay import write_png
 
-    # positive findings, or the single most likely one so every film gets a map to look at
-    idx = list(np.flatnonzero(positives)) or [int(np.argmax(probs))]
-    names = [predictor.label_names[i] for i in idx]
-    maps = explain_images(predictor, [image], names)[0]
     written = []
-    for i, name in zip(idx, names):
+    for name in names:
         path = out_dir / f"{stem}_{name}.png"
-        write_png(path, render_finding(image, maps[name], [], name, float(probs[i])))
+        write_png(path, render_finding(image, maps[name], [b[:4] for b in boxes.get(name, [])], name,
+                                       float(probs[list(label_names).index(name)]), method=method))
         written.append(str(path))
     return written
 
 
+def _prepared(predictor, gate) -> bool:
+    """Whether the per-image work around the network (fit to the model's geometry, input-record check, an
+    image-only quality gate) can run in the decode workers: predictors that keep the shared geometry (not
+    ensembles, whose members each have their own) and gates that do not need the model's embedding."""
+    from cxrkit.bundle.base import BasePredictor
+
+    return (type(predictor).predict_full is BasePredictor.predict_full
+            and not (gate is not None and gate.method.endswith("backbone")))
+
+
+def _decode_and_prepare(path: Path, predictor, gate):
+    """In a worker thread: decode, then everything per image that does not need the network, so the model thread
+    only runs the network (on all cores) while the next films are being decoded."""
+    from cxrkit.bundle.input_check import input_warning
+    from cxrkit.data.transforms import fit_square
+    from cxrkit.deploy.quality import quality_verdicts
+
+    d = _safe_decode(path)
+    if isinstance(d, Exception):
+        return d
+    image, meta = d
+    try:
+        side = predictor.preresize
+        square = image if image.shape == (side, side) else fit_square(image, side)[0]
+        return image, meta, square, input_warning(image, predictor.config["input"]), \
+            quality_verdicts(gate, [image], [meta])[0]
+    except Exception as exc:  # noqa: BLE001 - one odd film must not abort the batch
+        return ImageError(path, f"could not prepare: {type(exc).__name__}: {exc}")
+
+
+def _model_outputs(predictor, prepared: list, batch_size: int) -> dict[str, np.ndarray]:
+    """The network on already-fitted squares (predict_full without its per-image work, done by the workers)."""
+    import logging
+
+    squares = np.stack([p[2] for p in prepared])
+    parts = [predictor.forward_uint8(predictor.to_uint8_batch(squares[i:i + batch_size]))
+             for i in range(0, len(squares), batch_size)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["input_warning"] = np.array([p[3] for p in prepared], dtype=object)
+    flagged = [i for i, w in enumerate(out["input_warning"]) if w]
+    if flagged:
+        logging.getLogger("cxrkit.bundle.base").warning(
+            "%d of %d input films do not match the model's input record: image %d: %s", len(flagged),
+            len(prepared), flagged[0], out["input_warning"][flagged[0]])
+    return out
+
+
+def default_workers() -> int:
+    """Decoding threads when not given: every core (the network's own threads share them; decoding a 1024-px
+    film costs about as much as a fast runtime's forward pass, so both must run at once)."""
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2))
+
+
 def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: Sequence[int] | None = None,
-                     batch_size: int = 32, workers: int = 2, gate: Any = "auto", heatmaps: str | Path | None = None,
+                     batch_size: int = 32, workers: int | None = None, gate: Any = "auto",
+                     heatmaps: str | Path | None = None, boxes: bool = True,
                      progress: bool = True) -> Iterator[list[dict[str, Any]]]:
     """Yield rows batch by batch, in input order (see :func:`predict_files`)."""
     from tqdm import tqdm
@@ -100,13 +189,17 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     if heatmaps is not None:
         heatmaps = Path(heatmaps)
         heatmaps.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers()
+    prepare = _prepared(predictor, gate)
+    task = (lambda p: _decode_and_prepare(p, predictor, gate)) if prepare else _safe_decode
     window = max(1, batch_size) * 2
+    make_maps = _Maps(predictor)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-        pending = [pool.submit(_safe_decode, p) for p in paths[:window]]
+        pending = [pool.submit(task, p) for p in paths[:window]]
         for start in range(0, len(paths), batch_size):
             stop = min(start + batch_size, len(paths))
-            pending += [pool.submit(_safe_decode, p) for p in paths[start + window:stop + window]]
+            pending += [pool.submit(task, p) for p in paths[start + window:stop + window]]
             decoded = [f.result() for f in pending[:stop - start]]
             pending = pending[stop - start:]
             rows: list[dict[str, Any]] = []
@@ -118,10 +211,14 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
             if good:
                 images = [d[0] for _, d in good]
                 metas = [d[1] for _, d in good]
-                out = predictor.predict_full(images, batch_size=batch_size)
+                if prepare:
+                    out = _model_outputs(predictor, [d for _, d in good], batch_size)
+                    verdicts = [d[4] for _, d in good]
+                else:
+                    out = predictor.predict_full(images, batch_size=batch_size)
+                    verdicts = quality_verdicts(gate, images, metas, out)
                 pos = predictor.positives(out["probs"])
-                verdicts = quality_verdicts(gate, images, metas, out)
-                for j, (k, (image, meta)) in enumerate(good):
+                for j, (k, (image, meta, *_)) in enumerate(good):
                     row = rows[k]
                     row.update({
                         "width": int(image.shape[1]), "height": int(image.shape[0]),
@@ -132,11 +229,36 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                         "quality_reason": verdicts[j]["reason"], **_header_fields(meta)})
                     if "input_warning" in out:
                         row["input_warning"] = str(out["input_warning"][j])
-                    if heatmaps is not None:
-                        stem = f"{row['index']:06d}_{paths[start + k].stem}"
-                        row["heatmaps"] = _heatmaps(predictor, image, out["probs"][j], pos[j], heatmaps, stem)
+                    if boxes or heatmaps is not None:
+                        _add_maps(row, predictor, make_maps, image, out, j, pos[j], boxes, heatmaps,
+                                  f"{row['index']:06d}_{paths[start + k].stem}")
             bar.update(stop - start)
             yield rows
+
+
+def _add_maps(row, predictor, make_maps, image, out, j, positives, boxes: bool, heatmaps, stem) -> None:
+    """Boxes (``boxes``: {finding: [[x, y, w, h, score]...]} in the film's pixels, positive findings only;
+    ``box_method``) and heatmap figures (the positive findings, or the most likely one so every film gets a map
+    to look at)."""
+    from cxrkit.explain.finding_boxes import boxes_for
+
+    probs = out["probs"][j]
+    positive = [predictor.label_names[i] for i in np.flatnonzero(positives)]
+    shown = positive or ([predictor.label_names[int(np.argmax(probs))]] if heatmaps is not None else [])
+    try:
+        maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None)
+    except PredictError:
+        raise
+    except CxrError as exc:  # e.g. a map method whose optional package is missing: the prediction still stands
+        log.warning("no evidence maps for %s: %s", row["path"], exc)
+        positive, shown, maps = [], [], {}
+    found = {n: [list(b) for b in boxes_for(predictor, n, maps[n], make_maps.method)] for n in positive}
+    if boxes:
+        row["boxes"] = found
+        row["box_method"] = make_maps.method if positive else None
+    if heatmaps is not None:
+        row["heatmaps"] = _heatmaps(image, maps, probs, shown, predictor.label_names, found if boxes else {},
+                                    heatmaps, stem, make_maps.method or "")
 
 
 # `cxr predict` exit codes (docs/deploy.md): every input predicted / some inputs failed / every input failed.
@@ -165,8 +287,8 @@ def exit_code(counts: dict[str, int]) -> int:
     return EXIT_ALL_FAILED if not counts.get("ok") else EXIT_SOME_FAILED
 
 
-def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, workers: int = 2,
-                  gate: Any = "auto", heatmaps: str | Path | None = None, progress: bool = False,
+def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, workers: int | None = None,
+                  gate: Any = "auto", heatmaps: str | Path | None = None, boxes: bool = True, progress: bool = False,
                   indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Predict every file; one row (dict) per input, in input order.
 
@@ -174,11 +296,13 @@ def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: 
     ``"auto"`` (the bundle's fitted gate, else the fitted-model-free checks), a :class:`QualityGate`, or None.
     Rows: ``index, path, status ("ok"/"error"), error`` and, when decoded, ``width, height, abnormality,
     findings`` (thresholded with the bundle's thresholds), ``probs`` ({finding: p}), ``quality_ok,
-    quality_score, quality_reason, modality, body_part, view, header_ok, header_reason`` [, ``heatmaps``].
+    quality_score, quality_reason, modality, body_part, view, header_ok, header_reason`` [, ``boxes``
+    ({positive finding: [[x, y, w, h, score], ...]} in the film's pixels, from :func:`cxrkit.explain.boxes_for`),
+    ``box_method``] [, ``heatmaps``].
     """
     rows: list[dict[str, Any]] = []
     for batch in iter_predictions(predictor, paths, indices=indices, batch_size=batch_size, workers=workers,
-                                  gate=gate, heatmaps=heatmaps, progress=progress):
+                                  gate=gate, heatmaps=heatmaps, boxes=boxes, progress=progress):
         rows += batch
     return rows
 
@@ -186,7 +310,8 @@ def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: 
 # -- output ---------------------------------------------------------------------------------------
 CSV_FIXED = ["index", "path", "status", "error", "abnormality", "findings"]
 CSV_TAIL = ["quality_ok", "quality_score", "quality_reason", "input_warning", "modality", "body_part", "view",
-            "header_ok", "header_reason", "width", "height", "heatmaps"]
+            "header_ok", "header_reason", "width", "height", "boxes", "box_method", "heatmaps", "runtime",
+            "runtime_auroc_change"]
 
 
 def output_format(out: str | Path) -> str:
@@ -196,24 +321,37 @@ def output_format(out: str | Path) -> str:
     return suffix[1:]
 
 
-def write_results(rows: Sequence[dict], out: str | Path, label_names: Sequence[str]) -> Path:
+def write_results(rows: Sequence[dict], out: str | Path, label_names: Sequence[str],
+                  runtime: dict | None = None) -> Path:
     """CSV (first line a ``#`` comment with the research-use notice; one probability column per finding) or
-    JSONL (one object per row with a ``notice`` field), written atomically."""
+    JSONL (one object per row with a ``notice`` field), written atomically.
+
+    ``runtime`` (:func:`cxrkit.deploy.runtime.runtime_metadata`): what ran the model; JSONL rows carry it whole,
+    CSV rows as ``runtime`` (``backend-precision``) and ``runtime_auroc_change`` (the INT8 graph's recorded mean
+    AUROC change on validation; empty for fp32), so a faster, quantised result is never anonymous."""
     out = Path(out)
+    csv_runtime = {}
+    if runtime:
+        change = (runtime.get("accuracy_change") or {}).get("auroc_change")
+        csv_runtime = {"runtime": f"{runtime.get('backend')}-{runtime.get('precision')}",
+                       "runtime_auroc_change": "" if change is None else f"{change:.6f}"}
     fmt = output_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         if fmt == "jsonl":
             for row in rows:
-                fh.write(json.dumps({**row, "notice": RESEARCH_NOTICE}) + "\n")
+                extra = {"runtime": runtime} if runtime else {}
+                fh.write(json.dumps({**row, **extra, "notice": RESEARCH_NOTICE}) + "\n")
         else:
             fh.write(f"# {RESEARCH_NOTICE}\n")
             writer = csv.DictWriter(fh, fieldnames=CSV_FIXED + list(label_names) + CSV_TAIL, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 flat = {**row, **row.get("probs", {}), "findings": ";".join(row.get("findings", [])),
-                        "heatmaps": ";".join(row.get("heatmaps", []))}
+                        "heatmaps": ";".join(row.get("heatmaps", [])), **csv_runtime}
+                if "boxes" in row:  # JSON in one cell: {finding: [[x, y, w, h, score], ...]}
+                    flat["boxes"] = json.dumps(row["boxes"], separators=(",", ":"))
                 writer.writerow(flat)
     os.replace(tmp, out)
     return out
@@ -259,7 +397,9 @@ def run_shard(predictor, paths: Sequence[Path], out: str | Path, *, rank: int = 
     if missing:
         raise PredictError(f"merging parts: {len(missing)} inputs have no row (first: {paths[missing[0]]}); rerun "
                            "the same command to resume")
-    write_results([merged[i] for i in range(len(paths))], out, predictor.label_names)
+    from cxrkit.deploy.runtime import runtime_metadata
+
+    write_results([merged[i] for i in range(len(paths))], out, predictor.label_names, runtime_metadata(predictor))
     for r in range(world):
         part(r).unlink(missing_ok=True)
     return out

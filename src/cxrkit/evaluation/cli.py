@@ -41,6 +41,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         localisation: Annotated[bool, typer.Option(help="Localisation scores when the cache has boxes.")] = True,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
         device: Annotated[str, typer.Option(help="Device: cpu, cuda, cuda:1 ...")] = "cpu",
+        tta: Annotated[bool, typer.Option(help="Test-time augmentation: mean over zoom and shift views (no flip; "
+                                               "4x the prediction time).")] = False,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
         """Metrics with patient-clustered 95% CIs, subgroups, calibration, triage and a self-contained HTML report."""
@@ -55,7 +57,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         m = evaluate(bundle, cache, split, out, n_boot=n_boot, seed=seed, val_split=val_split, calibrate=calibrate,
                      compare=compare, adjudicated=adjudicated, triage=triage, heatmaps=heatmaps,
                      localisation=localisation, batch_size=batch_size, progress=not quiet, device=device,
-                     command=command)
+                     command=command, tta=tta)
         lo, hi = m["mean_auroc_ci_low"], m["mean_auroc_ci_high"]
         f = (lambda v: "n/a" if v is None else f"{v:.3f}")  # noqa: E731
         typer.echo(f"mean AUROC {f(m['mean_auroc'])} (95% CI {f(lo)}-{f(hi)}) on {m['data']['n_images']} "

@@ -79,13 +79,14 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
              seed: int = 0, val_split: str = "val", calibrate: str | None = None, compare=None,
              adjudicated: str | Path | None = None, triage: dict | None = None, heatmaps: bool = True,
              localisation: bool = True, gallery_k: int = 2, batch_size: int = 64, progress: bool = True,
-             device: str = "cpu", command: str | None = None) -> dict:
+             device: str = "cpu", command: str | None = None, tta: bool = False) -> dict:
     """Evaluate a bundle (path or loaded predictor) on ``split`` of ``cache`` (path or Cache).
 
     Writes ``out/metrics.json`` and ``out/report.html`` when ``out`` is given (plus ``out/predictions/*.npz``, which
     make a repeated or interrupted run resume without predicting again). ``calibrate`` ("temperature" /
     "isotonic") fits a calibration on ``val_split`` and stores it in the bundle's config.json. ``triage``: keyword
-    arguments of :func:`cxrkit.evaluation.triage.simulate_worklist`. Returns the metrics dict.
+    arguments of :func:`cxrkit.evaluation.triage.simulate_worklist`. ``tta``: score each film as the mean over
+    the zoom / shift views of :mod:`cxrkit.evaluation.tta` (no flip). Returns the metrics dict.
     """
     from cxrkit.bundle import load_bundle, read_bundle_config, write_bundle_config
     from cxrkit.bundle.calibration import apply_calibration
@@ -101,6 +102,10 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
     t0 = time.time()
     pred = load_bundle(bundle_or_predictor, device=device) if isinstance(bundle_or_predictor, (str, Path)) \
         else bundle_or_predictor
+    if tta:
+        from cxrkit.evaluation.tta import TTAPredictor
+
+        pred = TTAPredictor(pred)
     cache_obj = open_cache(cache) if isinstance(cache, (str, Path)) else cache
     names = list(pred.label_names)
     missing = [n for n in names if n not in cache_obj.label_names]
@@ -118,7 +123,9 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    store = (lambda tag: out_dir / "predictions" / f"{tag}.npz") if out_dir is not None else (lambda tag: None)
+    suffix = "_tta" if tta else ""  # TTA predictions are stored apart, never reused for a plain run
+    store = (lambda tag: out_dir / "predictions" / f"{tag}{suffix}.npz") if out_dir is not None \
+        else (lambda tag: None)
     kw = dict(batch_size=batch_size, progress=progress)
     test = cached_predict(pred, cache_obj, rows, store(split), desc=f"predict {split}", **kw)
     val = cached_predict(pred, cache_obj, val_rows, store(val_split), desc=f"predict {val_split}", **kw) \
@@ -228,7 +235,13 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
         else:
             def _loc():
                 from cxrkit.explain import evaluate_localisation
-                return evaluate_localisation(pred, cache_obj, rows, progress=progress)
+                from cxrkit.explain.cam import concrete_method
+                from cxrkit.explain.finding_boxes import box_params
+
+                method = concrete_method(pred)  # the bundle's tuned map method, else CAM / attention
+                tuned = any(box_params(pred, n, method)[1] for n in pred.label_names)
+                return {**evaluate_localisation(pred, cache_obj, rows, method, progress=progress),
+                        "method": method, "box_params": "tuned (cxr tune-boxes)" if tuned else "defaults"}
             res, why = _optional(_loc, "localisation")
             loc = res if res is not None else {"reason": why}
     gallery: list | str = "not requested"
@@ -248,7 +261,7 @@ def evaluate(bundle_or_predictor, cache, split: str = "test", out: str | Path | 
     metrics = {
         "notice": RESEARCH_NOTICE, "cxrkit_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": cmd,
-        "label_names": names, "split": split,
+        "label_names": names, "split": split, "tta": bool(tta),
         "bootstrap": {"n_boot": n_boot, "seed": seed, "unit": "patient", "interval": "percentile 95%"},
         "bundle": {"path": str(getattr(pred, "path", "")), "arch": model.get("arch"),
                    "ensemble": pred.config.get("ensemble"), "thresholds_source": thr_source,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
 
-METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention")
+METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "cam-layercam")
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")  # one backward per (image, finding) pair
 
 
 def _models(predictor) -> list:
@@ -29,7 +30,8 @@ def _models(predictor) -> list:
 
 def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
     """The concrete method for ``model``: "auto" is CAM for a linear head (exact), the head's own maps for an
-    attention head, Grad-CAM for anything else."""
+    attention head, Grad-CAM for anything else. "layercam" works on any convolutional model; "cam-layercam" needs
+    what "cam" needs."""
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
     head = getattr(model, "head_type", None)
@@ -38,8 +40,9 @@ def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
     if method == "attention" and head != "attention":
         raise ExplainError(f"method 'attention' needs an attention-head model, this one has head {head!r}; use "
                            "'cam', 'gradcam' or 'auto'")
-    if method == "cam" and head not in ("linear", "attention"):
-        raise ExplainError("method 'cam' needs a cxrkit linear or attention head on a feature map; use 'gradcam'")
+    if method in ("cam", "cam-layercam") and head not in ("linear", "attention"):
+        raise ExplainError(f"method {method!r} needs a cxrkit linear or attention head on a feature map; use "
+                           "'gradcam' or 'layercam'")
     return method
 
 
@@ -94,15 +97,22 @@ def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: 
     concrete = resolve_method(model, method)
     size = square_u8.shape[-1]
     out = np.empty((len(classes), size, size), dtype=np.float32)
-    if concrete in ("gradcam", "gradcam++"):
+    if concrete in GRADIENT_METHODS:
+        from cxrkit.explain.finer import layercam_maps
         from cxrkit.explain.gradcam import gradcam_maps
 
         for s in range(0, len(classes), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(square_u8[image_idx[s:s + batch_size]])).unsqueeze(1)
-            maps = gradcam_maps(model, member.model_input(batch).float(), classes[s:s + batch_size].tolist(),
-                                plus_plus=concrete == "gradcam++")
+            x, cls = member.model_input(batch).float(), classes[s:s + batch_size].tolist()
+            maps = layercam_maps(model, x, cls) if concrete == "layercam" else \
+                gradcam_maps(model, x, cls, plus_plus=concrete == "gradcam++")
             out[s:s + batch_size] = _to_square(torch.from_numpy(maps), size)
         return out
+    if concrete == "cam-layercam":
+        from cxrkit.explain.finer import fuse
+
+        coarse = _member_maps(member, square_u8, image_idx, classes, "cam", batch_size)
+        return fuse(coarse, _member_maps(member, square_u8, image_idx, classes, "layercam", batch_size))
     # CAM / attention: one forward per image gives every class's map, however many findings are asked for
     for s in range(0, len(square_u8), batch_size):
         sel = np.flatnonzero((image_idx >= s) & (image_idx < s + batch_size))
@@ -117,12 +127,22 @@ def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: 
     return out
 
 
+def preferred_method(predictor, method: str = "auto") -> str:
+    """``method``, with "auto" meaning the map method ``cxr tune-boxes`` stored in the bundle when it stored one."""
+    if method != "auto":
+        return method
+    from cxrkit.explain.finding_boxes import map_method
+
+    return map_method(predictor)
+
+
 def _explain_pairs(predictor, square_u8: np.ndarray, image_idx, classes, method: str,
                    batch_size: int) -> np.ndarray:
     """Maps (K x P x P) for (image, class) pairs of images already at the preresize size. An ensemble's maps are its
     members' maps averaged with the ensemble's weights (each member explained with its own method under "auto")
     and renormalised."""
     image_idx, classes = np.asarray(image_idx, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    method = preferred_method(predictor, method)
     if batch_size < 1:
         raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
     members = _models(predictor)
@@ -205,5 +225,6 @@ def explain_images(predictor, images: Sequence[np.ndarray], findings: Sequence[s
 
 
 def concrete_method(predictor, method: str = "auto") -> str:
-    """The method ``explain_*`` will actually run for this predictor (resolves "auto"; errors early)."""
-    return resolve_method(_models(predictor)[0].model, method)
+    """The method ``explain_*`` will actually run for this predictor (resolves "auto", to the bundle's tuned map
+    method when it has one; errors early)."""
+    return resolve_method(_models(predictor)[0].model, preferred_method(predictor, method))

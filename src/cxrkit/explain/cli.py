@@ -51,6 +51,7 @@ def explain_file(predictor, path: Path, folder: Path, request: dict) -> dict:
     from cxrkit.data.decode import read_image
     from cxrkit.explain.boxes import boxes_from_heatmap
     from cxrkit.explain.cam import explain_images
+    from cxrkit.explain.finding_boxes import boxes_for
     from cxrkit.explain.overlay import render_finding, write_png
 
     done = folder / IMAGE_RESULT
@@ -74,7 +75,10 @@ def explain_file(predictor, path: Path, folder: Path, request: dict) -> dict:
     findings = {}
     for name in chosen:
         p = float(probs[names.index(name)])
-        boxes = boxes_from_heatmap(maps[name], request["box_threshold"])
+        if request["box_threshold"] is None:  # the bundle's parameters for this finding and method
+            boxes = boxes_for(predictor, name, maps[name], request["concrete_method"])
+        else:
+            boxes = boxes_from_heatmap(maps[name], request["box_threshold"])
         png = folder / f"{_safe_name(name)}.png"
         write_png(png, render_finding(image, maps[name], boxes, name, p, method=request["concrete_method"]))
         findings[name] = {"prob": p, "png": f"{folder.name}/{png.name}",
@@ -91,19 +95,23 @@ def explain_file(predictor, path: Path, folder: Path, request: dict) -> dict:
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    register_localisation(app)
+
     @app.command("explain")
     def explain_cmd(
         bundle: Path = typer.Argument(..., help="Model bundle directory (cxr train writes RUN_DIR/bundle)."),
         images: List[Path] = typer.Argument(..., help="PNG, JPEG or DICOM files."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
                                  f"{RESULTS_NAME}, index.html."),
-        method: str = typer.Option("auto", help="Method: auto | cam | gradcam | gradcam++ | attention"),
+        method: str = typer.Option("auto", help="Method: auto (the bundle's tuned map method, else cam / attention) "
+                                   "| cam | gradcam | gradcam++ | attention | layercam | cam-layercam."),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
                                                "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
         top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings.",
                                             show_default="3"),
-        box_threshold: str = typer.Option("0.5", help="Boxes cover pixels >= this fraction of the map's peak, or "
-                                          "'otsu'."),
+        box_threshold: Optional[str] = typer.Option(None, help="Boxes cover pixels >= this fraction of the map's "
+                                                    "peak, or 'otsu'.", show_default="the bundle's per-finding box "
+                                                    "parameters (cxr tune-boxes), else 0.5"),
         device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     ) -> None:
         """Heatmaps with boxes for each finding, a JSON of boxes and probabilities, and an index.html sheet."""
@@ -136,9 +144,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                    "bundle_version": [(predictor.config.get("provenance") or {}).get("created"),
                                       weights.stat().st_mtime_ns if weights.is_file() else None],
                    "method": method,
+                   # boxes retuned in place must not reuse old figures either
+                   "boxes_tuned": ((predictor.config.get("explain") or {}).get("box_tuning") or {}).get("tuned"),
                    "concrete_method": concrete_method(predictor, method), "findings": chosen,
                    "top_k": None if chosen else min(top_k or 3, len(predictor.label_names)),
-                   "box_threshold": _parse_threshold(box_threshold)}
+                   "box_threshold": None if box_threshold is None else _parse_threshold(box_threshold)}
         out.mkdir(parents=True, exist_ok=True)
         records, entries = [], []
         with Progress(console=console, transient=True) as bar:
@@ -164,3 +174,95 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                    f"{out / RESULTS_NAME}")
         if n_bad == len(records):
             raise ExplainError("no image could be explained (see the reasons above)")
+
+
+def _methods(text: str) -> list[str]:
+    from cxrkit.explain.boxes import ExplainError
+    from cxrkit.explain.cam import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS or m == "auto"]
+    if not methods or bad:
+        raise ExplainError(f"--methods: unknown method(s) {bad}; give a comma-separated list of "
+                           f"{', '.join(m for m in METHODS if m != 'auto')}")
+    return list(dict.fromkeys(methods))
+
+
+def _open(bundle: Path, cache: Path, device: str):
+    from cxrkit.bundle import SYNTHETIC_WARNING, load_bundle, trained_on_synthetic
+    from cxrkit.data.cache import open_cache
+
+    predictor = load_bundle(bundle, device=device)
+    if trained_on_synthetic(predictor.config):
+        typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
+    return predictor, open_cache(cache)
+
+
+def register_localisation(app: typer.Typer) -> None:
+    @app.command("tune-boxes")
+    def tune_boxes_cmd(
+        bundle: Path = typer.Argument(..., help="Model bundle directory; the fitted parameters are stored in it."),
+        cache: Path = typer.Argument(..., help="Cache with ground-truth boxes (cxr prepare; phantom sets have them)."),
+        split: str = typer.Option("val", help="Split whose boxes the parameters are fitted on."),
+        methods: str = typer.Option("cam,layercam,cam-layercam", help="Comma-separated map methods to tune."),
+        set_method: bool = typer.Option(True, help="Make the best method on the split the bundle's map method."),
+        batch_size: int = typer.Option(16, min=1, help="Maps per forward pass."),
+        device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+        quiet: bool = typer.Option(False, help="No progress bars."),
+    ) -> None:
+        """Fit each finding's box parameters (threshold, minimum area, boxes) on a split's ground-truth boxes."""
+        from cxrkit import RESEARCH_NOTICE
+        from cxrkit.explain.box_tuning import CRITERION, store_tuning, tune_boxes
+
+        chosen = _methods(methods)
+        predictor, cache_obj = _open(bundle, cache, device)
+        result = tune_boxes(predictor, cache_obj, cache_obj.rows(split), chosen, batch_size, progress=not quiet)
+        path = store_tuning(bundle, result, split, set_method=set_method)
+        typer.echo(f"{split} accuracy at T(IoBB)={CRITERION:g} on {result['n_boxes']} boxes (default parameters -> "
+                   "tuned):")
+        for method, acc in result["overall"].items():
+            typer.echo(f"  {method:14s} {result['overall_default'][method]:.3f} -> {acc:.3f}  "
+                       f"({result['seconds'][method]:.1f} s of maps)")
+        for method, fitted in result["methods"].items():
+            typer.echo(f"{method}: " + "; ".join(f"{f} t={p['threshold']:g} a={p['min_area_frac']:g} "
+                                                 f"k={p['max_boxes']} ({p['val_acc']:.2f})" for f, p in fitted.items()))
+        note = f"; map method now {result['method']}" if set_method else ""
+        typer.echo(f"stored in {path}{note}")
+        typer.echo(RESEARCH_NOTICE)
+
+    @app.command("localise")
+    def localise_cmd(
+        bundle: Path = typer.Argument(..., help="Model bundle directory."),
+        cache: Path = typer.Argument(..., help="Cache with ground-truth boxes."),
+        split: str = typer.Option("test", help="Split to score."),
+        methods: str = typer.Option("cam,layercam,cam-layercam", help="Comma-separated map methods to score."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for localisation.json, .md and .png.",
+                                           show_default="print only"),
+        batch_size: int = typer.Option(16, min=1, help="Maps per forward pass."),
+        device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+        quiet: bool = typer.Option(False, help="No progress bars."),
+    ) -> None:
+        """Per-finding localisation accuracy at T(IoBB)=0.5 (ChestX-ray8 protocol) for each map method."""
+        import json
+
+        from cxrkit import RESEARCH_NOTICE
+        from cxrkit.explain.box_tuning import localisation_table
+        from cxrkit.explain.localise_report import figure, markdown
+
+        chosen = _methods(methods)
+        predictor, cache_obj = _open(bundle, cache, device)
+        result = localisation_table(predictor, cache_obj, cache_obj.rows(split), chosen, batch_size,
+                                    progress=not quiet)
+        text = markdown(result)
+        typer.echo(f"accuracy at T(IoBB)=0.5 on the {split} split ({result['n_pairs']} image-finding pairs); "
+                   "fixed 0.5 = every region >= 0.5 x peak (the paper's rule), defaults / tuned = the box "
+                   "parameters")
+        typer.echo(text)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "localisation.json").write_text(json.dumps({"notice": RESEARCH_NOTICE, "split": split,
+                                                               "bundle": str(bundle), **result}, indent=2))
+            (out / "localisation.md").write_text(f"> {RESEARCH_NOTICE}\n\n{text}")
+            figure(result, out / "localisation.png")
+            typer.echo(f"wrote {out / 'localisation.json'}, localisation.md and localisation.png")
+        typer.echo(RESEARCH_NOTICE)

@@ -37,27 +37,9 @@ def summarise(best_iou: np.ndarray, best_iobb: np.ndarray, thresholds: Sequence[
     return out
 
 
-def evaluate_localisation(predictor, cache, rows: Sequence[int] | np.ndarray | None = None, method: str = "auto",
-                          thresholds: Sequence[float] = T_DEFAULT, *, box_threshold: float | str = 0.5,
-                          min_area: int = 16, batch_size: int = 16, progress: bool = True) -> dict:
-    """Localisation accuracy of a predictor's heatmaps on a cache's ground-truth boxes.
-
-    ``cache``: a :class:`cxrkit.data.Cache` (``images``, ``boxes`` with columns row, image_id, label, x, y, w, h in
-    cache pixels). ``rows``: restrict to these cache rows (e.g. ``cache.rows("test")``); None = every boxed image.
-    Each (image, finding) pair with boxes gets one heatmap for that finding; its boxes come from
-    :func:`boxes_from_heatmap` (``box_threshold``, ``min_area``, in cache pixels).
-
-    Returns ``{finding: {"n_boxes", "n_images", "acc_iobb@T"..., "acc_iou@T"..., "mean_best_iou",
-    "mean_best_iobb"}}`` for every finding with boxes, plus ``"all"`` pooling every box. Boxes whose label the
-    model does not predict are left out (``"skipped_labels"`` in ``"all"`` lists them).
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from cxrkit.explain.cam import explain_batch
-
-    if not thresholds or any(not 0 < float(t) <= 1 for t in thresholds):
-        raise ExplainError(f"thresholds must be values in (0, 1], got {list(thresholds)}")
+def boxed_pairs(predictor, cache, rows=None):
+    """The (row, label) pairs with ground-truth boxes that ``predictor`` predicts (sorted), their boxes
+    ``{(row, label): n x 4}``, and the labels it does not predict."""
     boxes = getattr(cache, "boxes", None)
     if boxes is None or not {"row", "label", "x", "y", "w", "h"} <= set(boxes.columns):
         raise ExplainError("the cache has no boxes table with columns row, label, x, y, w, h; prepare it from a "
@@ -69,26 +51,79 @@ def evaluate_localisation(predictor, cache, rows: Sequence[int] | np.ndarray | N
     boxes = boxes[boxes["label"].isin(names)]
     pairs = boxes[["row", "label"]].drop_duplicates().sort_values(["row", "label"]).to_numpy()
     grouped = {k: g[["x", "y", "w", "h"]].to_numpy(float) for k, g in boxes.groupby(["row", "label"])}
+    return pairs, grouped, skipped
 
-    records: list[tuple[str, int, float, float]] = []
-    bar = tqdm(total=len(pairs), desc="localisation", unit="map", disable=not progress)
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s:s + batch_size]
-        images = np.asarray(cache.images[chunk[:, 0].astype(np.int64)])
-        maps = explain_batch(predictor, images, [names.index(lbl) for lbl in chunk[:, 1]], method, batch_size)
-        for (row, label), heat in zip(chunk, maps):
-            detected = boxes_from_heatmap(heat, box_threshold, min_area)
-            for truth in grouped[(row, label)]:
-                b_iou, b_iobb = best_overlaps(truth, detected)
-                records.append((label, int(row), b_iou, b_iobb))
-        bar.update(len(chunk))
-    bar.close()
 
+def pair_maps(predictor, cache, pairs, method: str = "auto", batch_size: int = 16, progress: bool = True,
+              desc: str = "maps") -> np.ndarray:
+    """One ``method`` map per (row, label) pair, K x S x S in the cache's geometry."""
+    from tqdm.auto import tqdm
+
+    from cxrkit.explain.cam import explain_batch
+
+    names = list(predictor.label_names)
+    size = np.asarray(cache.images[:1]).shape[-2:]
+    out = np.empty((len(pairs), *size), dtype=np.float32)
+    with tqdm(total=len(pairs), desc=desc, unit="map", disable=not progress) as bar:
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s:s + batch_size]
+            images = np.asarray(cache.images[chunk[:, 0].astype(np.int64)])
+            out[s:s + len(chunk)] = explain_batch(predictor, images, [names.index(lbl) for lbl in chunk[:, 1]],
+                                                  method, batch_size)
+            bar.update(len(chunk))
+    return out
+
+
+def score_pairs(names, pairs, grouped, detected, thresholds: Sequence[float] = T_DEFAULT, skipped=()) -> dict:
+    """The localisation result (see :func:`evaluate_localisation`) from each pair's detected boxes."""
+    import pandas as pd
+
+    records = [(label, int(row), *best_overlaps(truth, found))
+               for (row, label), found in zip(pairs, detected) for truth in grouped[(row, label)]]
     table = pd.DataFrame(records, columns=["label", "row", "iou", "iobb"])
     result: dict = {}
     for label in [n for n in names if n in set(table["label"])]:
         part = table[table["label"] == label]
         result[label] = {**summarise(part["iou"], part["iobb"], thresholds), "n_images": int(part["row"].nunique())}
     result[ALL] = {**summarise(table["iou"], table["iobb"], thresholds), "n_images": int(table["row"].nunique()),
-                   "skipped_labels": skipped}
+                   "skipped_labels": list(skipped)}
     return result
+
+
+def evaluate_localisation(predictor, cache, rows: Sequence[int] | np.ndarray | None = None, method: str = "auto",
+                          thresholds: Sequence[float] = T_DEFAULT, *, box_threshold: float | str | None = None,
+                          min_area: int = 16, box_params=None, batch_size: int = 16, progress: bool = True,
+                          maps: np.ndarray | None = None) -> dict:
+    """Localisation accuracy of a predictor's heatmaps on a cache's ground-truth boxes.
+
+    ``cache``: a :class:`cxrkit.data.Cache` (``images``, ``boxes`` with columns row, image_id, label, x, y, w, h in
+    cache pixels). ``rows``: restrict to these cache rows (e.g. ``cache.rows("test")``); None = every boxed image.
+    Each (image, finding) pair with boxes gets one heatmap for that finding. Its boxes: by default
+    :func:`cxrkit.explain.boxes_for`, i.e. the bundle's tuned parameters for that finding and method, else the
+    defaults; ``box_params``: one :class:`BoxParams` (or ``{finding: BoxParams}``) for every finding instead;
+    ``box_threshold`` (a number or "otsu") with ``min_area`` (cache pixels): the fixed rule of the ChestX-ray8
+    paper, every hot region at or above that fraction of the peak. ``maps``: the pairs' maps when already made.
+
+    Returns ``{finding: {"n_boxes", "n_images", "acc_iobb@T"..., "acc_iou@T"..., "mean_best_iou",
+    "mean_best_iobb"}}`` for every finding with boxes, plus ``"all"`` pooling every box. Boxes whose label the
+    model does not predict are left out (``"skipped_labels"`` in ``"all"`` lists them).
+    """
+    from cxrkit.explain.cam import concrete_method
+    from cxrkit.explain.finding_boxes import BoxParams, box_params as stored_params, boxes_with
+
+    if not thresholds or any(not 0 < float(t) <= 1 for t in thresholds):
+        raise ExplainError(f"thresholds must be values in (0, 1], got {list(thresholds)}")
+    pairs, grouped, skipped = boxed_pairs(predictor, cache, rows)
+    if maps is None:
+        maps = pair_maps(predictor, cache, pairs, method, batch_size, progress, desc="localisation")
+    concrete = concrete_method(predictor, method)
+
+    def detect(label, heat):
+        if box_threshold is not None:
+            return boxes_from_heatmap(heat, box_threshold, min_area)
+        if box_params is None:
+            return boxes_with(heat, stored_params(predictor, label, concrete)[0])
+        return boxes_with(heat, box_params if isinstance(box_params, BoxParams) else box_params[label])
+
+    detected = [detect(label, heat) for (_, label), heat in zip(pairs, maps)]
+    return score_pairs(list(predictor.label_names), pairs, grouped, detected, thresholds, skipped)

@@ -27,14 +27,16 @@ def select_cases(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, 
 
 
 def gallery(predictor, cache, rows: Sequence[int] | np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int = 6,
-            method: str = "auto", box_threshold: float | str = 0.5) -> list[dict]:
+            method: str = "auto", box_threshold: float | str | None = None) -> list[dict]:
     """Heatmap figures for the report: ``[{"finding", "row", "kind" ("TP"/"FP"), "prob", "png_bytes"}]``.
 
     ``rows``: the cache rows ``probs`` / ``labels`` (N x C, in the predictor's label order) belong to. Cases are
-    chosen by :func:`select_cases` with the predictor's thresholds; figures show the heatmap, its boxes (white) and
-    the cache's ground-truth boxes for that finding (green) when there are any.
+    chosen by :func:`select_cases` with the predictor's thresholds; figures show the heatmap, its boxes (white:
+    :func:`cxrkit.explain.boxes_for`, or every region >= ``box_threshold`` x peak when given) and the cache's
+    ground-truth boxes for that finding (green) when there are any.
     """
     from cxrkit.explain.cam import concrete_method, explain_batch
+    from cxrkit.explain.finding_boxes import boxes_for
     from cxrkit.explain.overlay import png_bytes, render_finding
 
     rows = np.asarray(rows, dtype=np.int64)
@@ -57,7 +59,9 @@ def gallery(predictor, cache, rows: Sequence[int] | np.ndarray, probs: np.ndarra
         if truth_table is not None and len(truth_table):
             sel = truth_table[(truth_table["row"] == rows[i]) & (truth_table["label"] == names[c])]
             truth = sel[["x", "y", "w", "h"]].to_numpy(float).tolist()
-        rgb = render_finding(image, heat, boxes_from_heatmap(heat, box_threshold), names[c], float(probs[i, c]),
+        found = boxes_for(predictor, names[c], heat, shown_method) if box_threshold is None else \
+            boxes_from_heatmap(heat, box_threshold)
+        rgb = render_finding(image, heat, found, names[c], float(probs[i, c]),
                              method=shown_method, truth=truth, extra=f"{kind} row {int(rows[i])}")
         out.append({"finding": names[c], "row": int(rows[i]), "kind": kind, "prob": float(probs[i, c]),
                     "png_bytes": png_bytes(rgb)})

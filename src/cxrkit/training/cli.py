@@ -15,7 +15,8 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="10"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML or JSON file of TrainConfig settings."),
-    preset: Optional[str] = typer.Option(None, help="'cpu-demo': the small CPU recipe of docs/training.md."),
+    preset: Optional[str] = typer.Option(None, help="'cpu-demo': the small CPU recipe of docs/training.md; "
+                                                    "'small-data': the few-label recipe of docs/small-data.md."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per micro-batch per process.", show_default="16"),
     accum_steps: Optional[int] = typer.Option(None, "--accum-steps", help="Micro-batches per optimiser step.", show_default="1"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate.", show_default="1e-3"),
@@ -25,7 +26,15 @@ def train_command(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Channels-last memory layout (faster convolutions on GPU).",
                                                  show_default="on"),
-    select: Optional[str] = typer.Option(None, help="Best checkpoint by validation 'auroc' or 'loss'.", show_default="auroc"),
+    select: Optional[str] = typer.Option(None, help="Bundle weights: best epoch by validation 'auroc' or 'loss', or "
+                                                    "'last' (the final epoch's, EMA ones with --ema-decay).",
+                                         show_default="auroc"),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Keep an exponential moving average of the "
+                                                                        "weights (e.g. 0.99); it is validated and shipped.",
+                                              show_default="off"),
+    freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
+                                                    "head learns) or partial (the first half of its convolutions).",
+                                         show_default="none"),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after N epochs without improvement.", show_default="5"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
                                                    help="Also checkpoint every N optimiser steps (0: epoch ends)."),
@@ -52,6 +61,9 @@ def train_command(
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate",
                                                 help="Fit the bundle's input quality gate on the training films.",
                                                 show_default="on"),
+    export: Optional[bool] = typer.Option(None, "--export/--no-export",
+                                          help="Export ONNX + INT8 (accuracy checked on validation) for the fast "
+                                               "CPU runtimes.", show_default="on"),
 ) -> None:
     """Train a classifier on a prepared cache (CheXNet recipe by default); ends with RUN_DIR/bundle."""
     from cxrkit import RESEARCH_NOTICE
@@ -61,11 +73,12 @@ def train_command(
     explicit = {"cache": str(cache), "out": str(out), "arch": arch, "epochs": epochs, "preset": preset,
                 "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
                 "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
+                "ema_decay": ema_decay, "freeze": freeze,
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
-                "quality_gate": quality_gate}
+                "quality_gate": quality_gate, "export": export}
     stored = out / CONFIG_NAME
     if resume and stored.is_file():
         given = {**(read_config_file(config) if config else {}), **{k: v for k, v in explicit.items() if v is not None}}
@@ -73,9 +86,62 @@ def train_command(
     else:
         cfg = resolve_config(config, **explicit, resume=resume or None)
     result = train(cfg)
-    typer.echo(f"best validation {cfg.select}: {result.best_metric:.4f} (epoch {result.best_epoch + 1}); "
-               f"bundle: {result.bundle_dir}")
+    if cfg.select == "last":
+        typer.echo(f"final epoch {result.epochs_run}: validation mean AUROC {result.best_metric:.4f}; "
+                   f"bundle: {result.bundle_dir}")
+    else:
+        typer.echo(f"best validation {cfg.select}: {result.best_metric:.4f} (epoch {result.best_epoch + 1}); "
+                   f"bundle: {result.bundle_dir}")
     typer.echo(RESEARCH_NOTICE)
+
+
+def learning_curve_command(
+    cache: Path = typer.Argument(..., help="Prepared cache of labelled films (cxr prepare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder: runs/, learning_curve.json/.csv/.png."),
+    fractions: str = typer.Option("0.1,0.3,1", help="Shares of the labelled pool to train on, comma-separated."),
+    init: str = typer.Option("random", help="Initialisations, comma-separated: 'random' or --pretrained values "
+                                            "(a cxr pretrain backbone file, a bundle, KIND:FILE)."),
+    preset: str = typer.Option("chexnet", help="Recipes, comma-separated: chexnet (cxr train's defaults), "
+                                               "small-data, cpu-demo."),
+    folds: int = typer.Option(5, help="Patient-level cross-validation folds (1: the cache's own train/val/test)."),
+    val_share: float = typer.Option(0.15, "--val-share", help="Share of each fold's training patients held out "
+                                                              "for validation."),
+    arch: Optional[str] = typer.Option(None, help="Architecture of every run.", show_default="the recipe's"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", "--size", help="Model input side in px."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of every run.", show_default="the recipe's"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of every run.", show_default="the recipe's"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="CPU threads for torch."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML or JSON file of TrainConfig settings for "
+                                                                 "every run."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with test-time augmentation (zoom and shift "
+                                                           "views, no flip)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the CIs."),
+    seed: int = typer.Option(0, help="Seed of folds, subsets and training."),
+) -> None:
+    """AUROC (95% CI) against the number of labelled films for several recipes and initialisations, by
+    patient-level cross-validation; resumable; writes a PNG figure, JSON and CSV."""
+    from cxrkit.training.config import read_config_file
+    from cxrkit.training.curve import CurveSpec, CurveError, learning_curve
+
+    try:
+        shares = [float(x) for x in fractions.split(",") if x.strip()]
+    except ValueError:
+        raise CurveError(f"--fractions {fractions!r}: give comma-separated shares, e.g. 0.1,0.3,1") from None
+    train = {**(read_config_file(config) if config else {}),
+             **{k: v for k, v in {"arch": arch, "image_size": image_size, "epochs": epochs, "batch_size": batch_size,
+                                  "lr": lr, "num_threads": num_threads}.items() if v is not None}}
+    spec = CurveSpec(cache=str(cache), out=str(out), fractions=shares,
+                     inits=[x.strip() for x in init.split(",") if x.strip()],
+                     presets=[x.strip() for x in preset.split(",") if x.strip()], folds=folds, val_share=val_share,
+                     seed=seed, n_boot=n_boot, tta=tta, train=train)
+    report = learning_curve(spec, progress=lambda line: typer.echo(line, err=True))
+    for r in report["results"]:
+        ci = (f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else "[n/a]")
+        auc = f"{r['mean_auroc']:.3f}" if r["mean_auroc"] is not None else "n/a"
+        typer.echo(f"{r['recipe']:<40} {r['fraction']:>5g} ({r['n_labelled']:.0f} labelled films): mean AUROC "
+                   f"{auc} {ci}")
+    typer.echo(f"wrote {out / 'learning_curve.png'}, .json and .csv")
 
 
 def bench_train_command(
@@ -120,6 +186,10 @@ def bench_train_command(
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add `cxr train` and `cxr bench train`."""
+    """Add `cxr train`, `cxr pretrain`, `cxr learning-curve` and `cxr bench train`."""
+    from cxrkit.training.pretrain.cli import pretrain_command
+
     app.command("train")(train_command)
+    app.command("pretrain")(pretrain_command)
+    app.command("learning-curve")(learning_curve_command)
     groups["bench"].command("train")(bench_train_command)

@@ -190,7 +190,7 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
                 if not last_of_group:
                     continue
                 if cfg.lr_schedule == "cosine":
-                    trainer.cosine_lr(s["global_step"], steps * cfg.epochs)
+                    trainer.cosine_lr(s["global_step"], steps * cfg.epochs, round(cfg.warmup_epochs * steps))
                 trainer.optimizer_step()
                 s["global_step"] += 1
                 at_log = s["global_step"] % max(1, cfg.log_every) == 0
@@ -238,6 +238,11 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
             from cxrkit.training.finalize import fit_training_gate
 
             monitor.message(fit_training_gate(cfg, cache, bundle_dir))
+        if cfg.export:  # last: the exported graphs embed the final config (gate included)
+            from cxrkit.deploy.auto_export import export_after_training
+
+            monitor.message(export_after_training(bundle_dir, cache, train_split=cfg.train_split,
+                                                  val_split=cfg.val_split, seed=cfg.seed))
     return TrainResult(run_dir, bundle_dir, float(s["best"]) if s["best"] is not None else float("nan"),
                        int(s["best_epoch"]), run_dir / "history.jsonl", int(s["epoch"]), bool(s["stopped_early"]))
 
@@ -255,7 +260,9 @@ def _end_epoch(cfg, trainer: Trainer, val_loader, cache, run_dir: Path, s: dict,
         mean = mean_auroc(aucs)
         train_loss = s["loss_sum"] / max(s["loss_n"], 1)
         score = (mean if math.isfinite(mean) else -math.inf) if cfg.select == "auroc" else -val_loss
-        improved = s["best"] is None or score > (s["best"] if cfg.select == "auroc" else -s["best"])
+        # select="last": every epoch replaces the previous one, so the bundle holds the final (EMA) weights
+        improved = (cfg.select == "last" or s["best"] is None
+                    or score > (s["best"] if cfg.select == "auroc" else -s["best"]))
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_mean_auroc": mean,
                   "val_auroc": aucs, "lr": trainer.lr(), "img_per_s": img_s, "time_s": elapsed,
                   "step": s["global_step"], "improved": bool(improved)}
@@ -268,12 +275,13 @@ def _end_epoch(cfg, trainer: Trainer, val_loader, cache, run_dir: Path, s: dict,
     if cfg.lr_schedule == "plateau":
         trainer.scheduler.step(record["val_loss"])
     if record["improved"]:
-        s["best"] = record["val_mean_auroc"] if cfg.select == "auroc" else record["val_loss"]
+        s["best"] = record["val_loss"] if cfg.select == "loss" else record["val_mean_auroc"]
         s["best_epoch"], s["bad_epochs"] = epoch, 0
     else:
         s["bad_epochs"] += 1
     s["history"].append(record)
-    s["stopped_early"] = cfg.early_stop_patience is not None and s["bad_epochs"] >= cfg.early_stop_patience
+    s["stopped_early"] = (cfg.early_stop_patience is not None and cfg.select != "last"
+                          and s["bad_epochs"] >= cfg.early_stop_patience)
     if s["stopped_early"] and epoch + 1 < cfg.epochs:
         what = "mean AUROC" if cfg.select == "auroc" else "loss"
         monitor.message(f"early stopping after epoch {epoch + 1} of {cfg.epochs}: validation {what} has not "
@@ -288,7 +296,7 @@ def _save_best(run_dir: Path, trainer: Trainer, val: ValOutput, cache) -> None:
 
     from safetensors.torch import save as st_save
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in trainer.eval_model.state_dict().items()}
     atomic_write(run_dir / "checkpoints" / BEST_WEIGHTS, st_save(sd))
     probs = 1.0 / (1.0 + np.exp(-val.logits.astype(np.float64)))
     image_ids = cache.index["image_id"].to_numpy()[val.rows].astype(str)

@@ -91,14 +91,23 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.model.modules())
+        from cxrkit.training.freeze import apply_freeze
+
+        self.frozen_bn = apply_freeze(self.model, cfg.freeze)
         self.pos_weight = (torch.as_tensor(pos_weight, dtype=torch.float32, device=device)
                            if pos_weight is not None else None)
-        self.optimizer = make_optimizer(cfg, self.model.parameters(), device)
+        self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad], device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
                                                                     patience=cfg.lr_patience)
         self.amp_dtype = amp_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.aug = AugmentSpec(cfg.hflip, cfg.rotate_deg, cfg.translate, cfg.scale) if cfg.augment else None
+        self.aug = AugmentSpec(cfg.hflip, cfg.rotate_deg, cfg.translate, cfg.scale, cfg.crop_scale, cfg.gamma,
+                               cfg.contrast, cfg.noise) if cfg.augment else None
+        self.ema = None
+        if cfg.ema_decay:
+            from cxrkit.training.ema import ModelEma
+
+            self.ema = ModelEma(self.model, cfg.ema_decay)
         net: nn.Module = _TrainForward(self.model)
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -124,6 +133,10 @@ class Trainer:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`optimizer_step`. Returns the
         (undivided, detached) loss on the device so callers can avoid a per-step host sync."""
         self.model.train()
+        if self.frozen_bn:
+            from cxrkit.training.freeze import keep_frozen_eval
+
+            keep_frozen_eval(self.frozen_bn)
         labels = labels.to(self.device, non_blocking=True)
         x = self.prepare_input(images_u8, epoch, step, train=True)
         ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()
@@ -150,12 +163,23 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
 
-    def cosine_lr(self, step: int, total: int) -> None:
-        """Set the LR of optimiser step ``step`` of ``total`` on a cosine from cfg.lr down to 1% of it (a pure
-        function of the step, so resume needs no scheduler state)."""
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and shipped: the EMA weights when ``ema_decay`` is set, else the model itself."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def cosine_lr(self, step: int, total: int, warmup: int = 0) -> None:
+        """Set the LR of optimiser step ``step`` of ``total``: linear warm-up over the first ``warmup`` steps, then
+        a cosine from cfg.lr down to 1% of it (a pure function of the step, so resume needs no scheduler state)."""
         base = self.cfg.lr
-        lr = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
+        if step < warmup:
+            lr = base * (step + 1) / warmup
+        else:
+            t = (min(step, total) - warmup) / max(total - warmup, 1)
+            lr = base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -165,13 +189,14 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, loader) -> ValOutput:
-        """Logits for this rank's share of ``loader`` (eval mode, no augmentation)."""
-        self.model.eval()
+        """Logits of :attr:`eval_model` for this rank's share of ``loader`` (eval mode, no augmentation)."""
+        model = self.eval_model
+        model.eval()
         rows, logits, labels = [], [], []
         for images_u8, y, r in loader:
             x = self.prepare_input(images_u8, 0, 0, train=False)
             with self.autocast():
-                out = self.model(x)
+                out = model(x)
             logits.append(out.float().cpu().numpy())
             labels.append(y.cpu().numpy() if torch.is_tensor(y) else np.asarray(y))
             rows.append(r.cpu().numpy() if torch.is_tensor(r) else np.asarray(r))
@@ -186,8 +211,11 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -195,6 +223,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
 
 
 @contextmanager

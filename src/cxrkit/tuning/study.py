@@ -162,7 +162,8 @@ def open_study(spec: TuneSpec):
 def trial_config(spec: TuneSpec, params: dict[str, Any], run_dir: Path):
     from cxrkit.training.config import TrainConfig
 
-    data = {"seed": spec.seed, "quiet": True, **spec.space.fixed, **params, "cache": str(spec.cache),
+    # trials skip the ONNX export: only the chosen one is deployed (`cxr export BUNDLE --int8` then)
+    data = {"seed": spec.seed, "quiet": True, "export": False, **spec.space.fixed, **params, "cache": str(spec.cache),
             "out": str(run_dir), "select": spec.space.select}
     return TrainConfig.from_dict(data).validate()
 

@@ -180,7 +180,10 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: int = 50, duration_s: float = 300.0,
-              senders: int = 4, workers: int | None = None, startup_timeout: float = 300.0) -> dict:
+              senders: int = 4, workers: int | None = None, startup_timeout: float = 300.0,
+              progress=None) -> dict:
+    """``progress(line)`` gets a line per phase and every 30 s (the whole bench takes minutes)."""
+    say = progress or (lambda line: None)
     if find_dcmtk("storescu") is None:
         raise BenchError("cxr bench node needs dcmtk's storescu (Debian: apt-get install dcmtk)")
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-node-"))
@@ -195,6 +198,7 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_listening(proc, port, startup_timeout, work / "node.log")
+        say(f"node listening on port {port}; latency phase: {latency_studies} studies one at a time")
         template = _template(film)
         syntax = str(template.file_meta.TransferSyntaxUID)
         files = work / "films"
@@ -210,8 +214,11 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
             if i == 2 and not lat_studies:
                 raise BenchError("storescu could not send the film 3 times; check the node log in "
                                  f"{work / 'node.log'}")
+            if (i + 1) % 10 == 0:
+                say(f"latency phase: {i + 1}/{latency_studies} studies")
         received = _received_at(spool)
         latencies = [pacs.arrivals[s] - received[s] for s in lat_studies if s in pacs.arrivals and s in received]
+        say(f"latency p50 {_pct(latencies, 50)} s; load phase: {senders} senders for {duration_s:g} s")
         # -- sustained load ---------------------------------------------------------------------------
         sent: list[str] = []
         failures = [0]
@@ -239,12 +246,18 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
         t0 = time.time()
         for t in threads:
             t.start()
+        next_say = t0 + 30
         while any(t.is_alive() for t in threads):
             value = _rss_mb(proc.pid)
             if value is not None:
                 rss.append((round(time.time() - t0, 1), round(value, 1)))
+            if time.time() >= next_say:
+                next_say += 30
+                say(f"load {time.time() - t0:.0f}/{duration_s:g} s: {len(sent)} sent, {len(pacs.arrivals)} SRs "
+                    f"delivered, node RSS {value} MB")
             time.sleep(1.0)
         load_end = time.time()
+        say(f"load done: {len(sent)} sent; waiting for the backlog to drain")
         # the backlog drains as long as results keep coming; "lost" = never delivered although the node kept going
         _wait(pacs, list(sent), 3600, stall=60)
         elapsed, drain = load_end - t0, time.time() - load_end

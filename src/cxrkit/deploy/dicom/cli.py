@@ -147,7 +147,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from cxrkit.deploy.dicom.bench import run_bench
 
         result = run_bench(bundle, film=film, latency_studies=latency_studies, duration_s=duration,
-                           senders=senders, workers=workers)
+                           senders=senders, workers=workers,
+                           progress=lambda line: typer.echo(f"[bench node] {line}", err=True))
         typer.echo(result["markdown"])
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

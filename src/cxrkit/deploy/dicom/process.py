@@ -26,9 +26,7 @@ from cxrkit.deploy.dicom.sop import IMAGE_SOP_CLASSES
 from cxrkit.deploy.dicom.spool import Instance, Spool
 
 log = logging.getLogger("cxrkit.node")
-BOX_THRESHOLD = 0.5   # fraction of a heatmap's peak (docs/explain.md); the bundle's explain.box_threshold wins
 WORKLIST_SIDE = 512   # long side of the worklist view's PNGs
-BOX_SIDE = 256        # long side of the map boxes are found on
 
 
 @dataclass
@@ -65,7 +63,6 @@ class Processor:
         self.algorithm = AlgorithmInfo(name="cxrkit", version=__version__, model_id=model_id(self.predictor),
                                        model_version=model_version(cfg),
                                        trained_on_synthetic=trained_on_synthetic(cfg))
-        self.box_threshold = float((cfg.get("explain") or {}).get("box_threshold", BOX_THRESHOLD))
         self.limits = DecodeLimits()
         self.on_reported: Callable[[], None] = lambda: None  # the study loop wakes delivery with it
 
@@ -168,6 +165,7 @@ class Processor:
 
     def _predict(self, films: Sequence[_Film]) -> list[FilmResult]:
         from cxrkit.deploy.quality import quality_verdicts
+        from cxrkit.explain.finding_boxes import boxes_for
 
         images = [f.image for f in films]
         out = self.predictor.predict_full(images, batch_size=max(1, len(images)))
@@ -179,18 +177,21 @@ class Processor:
             positive = [n for n, p in zip(self.label_names, pos[j]) if p and n in self.report]
             cam = out["cam"][j] if "cam" in out else None
             maps = self._heatmaps(film.image, positive, cam) if positive and self.config.heatmaps else {}
+            method = ("cam" if cam is not None else self._method()) if maps else None
             findings = []
             for i, name in enumerate(self.label_names):
                 if name not in self.report:
                     continue
-                boxes = self._boxes(maps[name]) if name in maps else ()
+                # up to the bundle's max_boxes per finding (tuned, else 3), found on a map of at most 256 px
+                boxes = tuple(tuple(b[:4]) for b in boxes_for(self.predictor, name, maps[name], method)) \
+                    if name in maps else ()
                 findings.append(FindingResult(name, float(probs[i]), float(self.predictor.thresholds[i]),
                                               bool(pos[j][i]), boxes))
             results.append(FilmResult(
                 sop_instance_uid=film.instance.sop_uid, sop_class_uid=film.instance.sop_class_uid, image=film.image,
                 findings=findings, abnormality=float(np.clip(out["abnormality"][j], 0.0, 1.0)),
                 quality_ok=bool(verdicts[j]["ok"]), quality_reason=str(verdicts[j]["reason"]), heatmaps=maps,
-                heatmap_method=(("cam" if cam is not None else self._method()) if maps else None)))
+                heatmap_method=method))
         return results
 
     def _heatmaps(self, image: np.ndarray, names: Sequence[str], cam: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -212,21 +213,6 @@ class Processor:
         from cxrkit.explain.cam import concrete_method
 
         return concrete_method(self.explainer())
-
-    def _boxes(self, heatmap: np.ndarray) -> tuple[tuple[float, float, float, float], ...]:
-        """Up to 3 boxes in film pixels. Found on the map scaled to BOX_SIDE (the map is an upsampled 7 x 7 to
-        28 x 28 grid, so nothing finer is lost; connected components on a 1024-px map cost 30 ms a finding)."""
-        import cv2
-
-        from cxrkit.explain.boxes import boxes_from_heatmap
-
-        f = min(1.0, BOX_SIDE / max(heatmap.shape))
-        small = heatmap if f == 1.0 else cv2.resize(
-            heatmap, (max(1, round(heatmap.shape[1] * f)), max(1, round(heatmap.shape[0] * f))),
-            interpolation=cv2.INTER_AREA)
-        min_area = max(4, int(small.size * 0.001))
-        return tuple(tuple(float(v) / f for v in b[:4]) for b in boxes_from_heatmap(small, self.box_threshold,
-                                                                                     min_area)[:3])
 
     # -- outputs ----------------------------------------------------------------------------------
     def _film_summary(self, film: _Film, result: FilmResult) -> dict[str, Any]:

@@ -57,19 +57,20 @@ class ServeSettings:
 
 def _load(predictor_or_bundle, backend: str, device: str, precision: str):
     if isinstance(predictor_or_bundle, (str, os.PathLike)):
-        from cxrkit.deploy.onnx_runtime import load_predictor
+        from cxrkit.deploy.runtime import load_fastest
 
-        return load_predictor(Path(predictor_or_bundle), backend=backend, device=device, precision=precision)
+        return load_fastest(Path(predictor_or_bundle), backend=backend, device=device, precision=precision)[0]
     return predictor_or_bundle
 
 
 def create_app(predictor_or_bundle, *, api_key: str | None = None, allow_no_auth_localhost: bool = False,
                max_upload_bytes: int = 20 * MB, max_batch: int = 16, max_wait_ms: float = 10.0,
                timeout_s: float = 30.0, max_queue: int = 256, max_pixels: int = 50_000_000,
-               backend: str = "torch", device: str = "cpu", precision: str = "fp32", warm_up: bool = True,
+               backend: str = "auto", device: str = "cpu", precision: str = "auto", warm_up: bool = True,
                worklist_spool: str | os.PathLike | None = None, **limits):
     """Build the service around a loaded predictor (any :func:`cxrkit.deploy.load_predictor` result) or a bundle
-    path, loaded with ``backend``/``device``/``precision`` as :func:`~cxrkit.deploy.load_predictor` takes them.
+    path, loaded with ``backend``/``device``/``precision`` by :func:`cxrkit.deploy.runtime.load_fastest` (``auto``:
+    the fastest runtime this machine and bundle have; ``GET /v1/model`` reports the choice as ``runtime_choice``).
 
     ``api_key``: required in the ``X-API-Key`` header of every ``/v1/*`` and ``/metrics`` request. Without one the
     app is only built when ``allow_no_auth_localhost`` is set, and then answers loopback clients only.

@@ -44,11 +44,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         header_timeout_s: float = typer.Option(10.0, min=0.1, help="Time to send the request headers (408 after)"),
         body_timeout_s: float = typer.Option(60.0, min=0.1, help="Time to send the request body (408 after)"),
         workers: int = typer.Option(1, min=1, help="Server processes (each loads the model)"),
-        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino (the last two run "
+        backend: str = typer.Option("auto", help="Runtime: auto (the fastest this machine and bundle have; GET "
+                                    "/v1/model says which and why), torch, onnx or openvino (the last two run "
                                     "BUNDLE/model*.onnx)"),
         device: str = typer.Option("cpu", help="Device: cpu or cuda"),
-        precision: str = typer.Option("fp32", help="Precision: torch fp32/bf16/fp16; onnx fp32/int8; openvino "
-                                      "fp32/int8/bf16"),
+        precision: str = typer.Option("auto", help="Precision: auto (INT8 only within its recorded accuracy "
+                                      "tolerance), torch fp32/bf16/fp16; onnx fp32/int8; openvino fp32/int8/bf16"),
         log_level: str = typer.Option("info", help="Log level: debug, info, warning or error"),
         worklist: Optional[Path] = typer.Option(None, help="A `cxr node` --spool folder: serve its triaged worklist "
                                                 "(GET /v1/worklist and the page's Worklist tab)", show_default=False),
@@ -103,6 +104,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
         auth = "API key required (X-API-Key)" if key else "NO AUTH: anything reaching this loopback port, port " \
             "forwards included"
+        if not isinstance(app_obj, dict):
+            choice = app_obj.state.service.runtime_choice or {}
+            typer.echo(f"runtime: {choice.get('backend')}-{choice.get('precision')} ({choice.get('chosen')}: "
+                       f"{choice.get('reason')})", err=True)
         typer.echo(f"serving {bundle} on http://{host}:{port}  [{auth}; batch <= {max_batch}, wait {max_wait_ms:g} ms; "
                    f"{workers} worker(s)]", err=True)
         common = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_graceful_shutdown=10,
@@ -127,9 +132,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_wait_ms: float = typer.Option(10.0, min=0.0, help="How long a batch waits to fill"),
         modes: str = typer.Option("batched,unbatched", help="Comma-separated: batched, unbatched"),
         max_requests: int = typer.Option(1_000_000, min=1, help="Stop a mode after this many requests"),
-        backend: str = typer.Option("torch", help="Runtime: torch, onnx or openvino"),
+        backend: str = typer.Option("auto", help="Runtime: auto, torch, onnx or openvino (as for cxr serve)"),
         device: str = typer.Option("cpu", help="Device: cpu or cuda (the server's device)"),
-        precision: str = typer.Option("fp32", help="As for cxr serve --precision"),
+        precision: str = typer.Option("auto", help="As for cxr serve --precision"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here (a .md table beside it)"),
     ) -> None:
         """Throughput, p50/p99 latency and server memory under sustained loopback load, micro-batching on vs off.

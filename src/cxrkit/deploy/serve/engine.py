@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,7 +114,16 @@ class ModelService:
         self.thresholds = np.asarray(predictor.thresholds, dtype=np.float32)
         self.id = model_id(predictor)
         self.version = model_version(predictor.config)
-        self.can_explain = hasattr(predictor, "model") or hasattr(predictor, "members")
+        from cxrkit.deploy.runtime import runtime_metadata
+
+        self.runtime_choice = getattr(predictor, "runtime_choice", None)
+        self.runtime = runtime_metadata(predictor)  # what every predict response says ran the model
+        # An exported-graph runtime explains with the bundle's torch weights (loaded on the heatmap thread on
+        # first use), so the fast default backend keeps the web page's heatmaps.
+        path = getattr(predictor, "path", None)
+        self._torch_bundle = path if path is not None and (Path(path) / "model.safetensors").is_file() else None
+        self.can_explain = hasattr(predictor, "model") or hasattr(predictor, "members") or \
+            self._torch_bundle is not None
 
     # -- model thread ---------------------------------------------------------------------------
     def run_batch(self, items: Sequence[tuple[np.ndarray, dict]]) -> list[dict[str, Any]]:
@@ -133,16 +143,23 @@ class ModelService:
     def heatmaps(self, image: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         """The decoded image at display size (grey PNG) and, per finding, a transparent RGBA PNG with the same
         aspect ratio (long side OVERLAY_MAX_SIDE) to scale over it: the heatmap in the jet colour map, opacity
-        rising with the heat (cold areas see-through)."""
+        rising with the heat (cold areas see-through); and per finding the boxes of its map
+        (:func:`cxrkit.explain.boxes_for`, ``[x, y, w, h, score]`` in ``image``'s pixels)."""
         from cxrkit.explain import explain_images
         from cxrkit.explain.cam import concrete_method
+        from cxrkit.explain.finding_boxes import boxes_for
         from cxrkit.explain.overlay import fit_display
 
         start = time.perf_counter()
         if self._explainer is None:
             import copy
 
-            self._explainer = copy.deepcopy(self.predictor)
+            if hasattr(self.predictor, "model") or hasattr(self.predictor, "members"):
+                self._explainer = copy.deepcopy(self.predictor)
+            else:
+                from cxrkit.deploy.onnx_runtime import load_predictor
+
+                self._explainer = load_predictor(self._torch_bundle, backend="torch")
         # At model resolution: maps come back at the size of the image explained, so explain one no larger than
         # the model's input (or the display size); explaining the original drew maps of its full size.
         side = max(HEATMAP_MAX_SIDE, int(getattr(self.predictor, "preresize", 0) or 0))
@@ -150,8 +167,12 @@ class ModelService:
         maps = explain_images(self._explainer, [work], list(names))[0]
         display, _ = fit_display(work, HEATMAP_MAX_SIDE)
         small, _ = fit_display(display, OVERLAY_MAX_SIDE)
-        out = {"method": concrete_method(self.predictor), "image": png_b64(display),
-               "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}}
+        method = concrete_method(self._explainer)
+        f = image.shape[1] / work.shape[1]  # boxes in the pixels of the image given, like the maps they come from
+        boxes = {n: [[round(v * f, 1) for v in b[:4]] + [b[4]] for b in boxes_for(self.predictor, n, maps[n], method)]
+                 for n in names}
+        out = {"method": method, "image": png_b64(display),
+               "overlays": {n: png_b64(heat_rgba(maps[n], small.shape)) for n in names}, "boxes": boxes}
         if self.metrics is not None:
             self.metrics.heatmap.observe(time.perf_counter() - start)
         return out
@@ -200,6 +221,7 @@ class ModelService:
             "quality_gate": (cfg.get("quality_gate") or {}).get("method"),
             "heatmaps": self.can_explain,
             "runtime": self.predictor.runtime(),
+            "runtime_choice": self.runtime_choice,
             "provenance": {k: prov.get(k) for k in ("cxrkit_version", "created", "git_commit", "data_source",
                                                     "data_manifest_hash", "seed") if k in prov},
             "metrics": {k: v for k, v in (cfg.get("metrics") or {}).items() if not isinstance(v, (dict, list))},

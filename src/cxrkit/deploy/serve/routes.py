@@ -96,7 +96,8 @@ def add_routes(app: FastAPI) -> None:
         state = request.app.state
         names = state.service.select(findings)
         if heatmap and not state.service.can_explain:
-            raise RequestError("heatmaps need the torch backend (start the server with --backend torch)")
+            raise RequestError("heatmaps need the torch model, which this server does not have (start it on a bundle "
+                               "directory, or with --backend torch)")
         if len((await request.form()).getlist("file")) > 1:  # the parsed form is cached: no second read
             raise RequestError("more than one 'file' field in the form; send one image per request")
         if heatmap and not state.heatmap_slots.try_take(1):
@@ -143,12 +144,23 @@ async def _predict(request: Request, data: bytes, names: list[str], heatmap: boo
                   "height": int(meta.get("orig_height", image.shape[0]))},
         "heatmaps": None,
         "timing_ms": {"decode": _ms(t0, t1), "queue_and_model": _ms(t1, t2)},
+        "runtime": state.service.runtime,
         **state.service.synthetic_fields(),
     }
     if heatmap:
-        response["heatmaps"] = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)
+        maps = await loop.run_in_executor(state.heatmap_pool, state.service.heatmaps, image, names)
+        response["heatmaps"] = {**maps, "boxes": _positive_boxes(maps.get("boxes", {}), response, image)}
         response["timing_ms"]["heatmaps"] = _ms(t2, time.perf_counter())
     return response
+
+
+def _positive_boxes(boxes: dict, response: dict, image) -> dict:
+    """The boxes of the positive findings (as in the SR and ``cxr predict``), in the pixels of the uploaded image
+    (``response["image"]``; the decoder may have reduced a huge film), as ``{x, y, w, h, score}`` objects."""
+    f = response["image"]["width"] / image.shape[1]
+    return {n: [{"x": round(b[0] * f, 1), "y": round(b[1] * f, 1), "w": round(b[2] * f, 1),
+                 "h": round(b[3] * f, 1), "score": b[4]} for b in boxes.get(n, [])]
+            for n in response["positive_findings"]}
 
 
 def _ms(a: float, b: float) -> float:

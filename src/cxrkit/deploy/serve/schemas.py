@@ -32,12 +32,24 @@ class ImageInfo(BaseModel):
     height: int
 
 
+class Box(BaseModel):
+    x: float = Field(..., description="left edge, pixels of the uploaded image")
+    y: float = Field(..., description="top edge, pixels of the uploaded image")
+    w: float
+    h: float
+    score: float = Field(..., description="the evidence map's peak inside the box, in [0, 1]")
+
+
 class Heatmaps(BaseModel):
-    method: str = Field(..., description="cam, attention, gradcam or gradcam++")
+    method: str = Field(..., description="the map method: cam, attention, gradcam, gradcam++, layercam or "
+                                         "cam-layercam")
     image: str = Field(..., description="the decoded image at display size, data:image/png;base64")
     overlays: Dict[str, str] = Field(..., description="finding -> transparent RGBA heatmap (jet colours, alpha = "
                                                     "heat), same aspect as `image` with a long side of at most 128 "
                                                     "px: scale it over `image`; data:image/png;base64")
+    boxes: Dict[str, List[Box]] = Field(default_factory=dict, description="positive finding -> boxes of its "
+                                        "evidence map (the bundle's tuned box parameters for that finding and "
+                                        "method, else the defaults; docs/explain.md), hottest first")
 
 
 class PredictResponse(BaseModel):
@@ -52,6 +64,8 @@ class PredictResponse(BaseModel):
     image: ImageInfo
     heatmaps: Optional[Heatmaps] = None
     timing_ms: Dict[str, float]
+    runtime: Optional[Dict[str, Any]] = Field(None, description="what ran the model: backend, precision, device, "
+                                              "how it was chosen and, for INT8, its recorded accuracy change")
     synthetic_training_data: bool = Field(False, description="the model was trained on synthetic phantom films")
     warning: Optional[str] = Field(None, description="set when the findings must not be read as real ones")
 
@@ -68,6 +82,8 @@ class ModelInfo(BaseModel):
     quality_gate: Optional[str] = None
     heatmaps: bool
     runtime: Dict[str, str]
+    runtime_choice: Optional[Dict[str, Any]] = Field(None, description="how the runtime was chosen (auto or asked "
+                                                     "for), why, and the INT8 graph's recorded accuracy change")
     provenance: Dict[str, Any]
     metrics: Dict[str, Any]
     service_version: str

@@ -215,8 +215,11 @@ def _localisation(loc: dict | None) -> str:
              fmt(e.get("mean_best_iobb"))] for name, e in entries.items()]
     head = ["finding", "boxes", *(f"acc T(IoBB)={k.split('@')[1]}" for k in acc_keys), "mean best IoU",
             "mean best IoBB"]
-    return table(head, rows) + "<p>Accuracy: share of ground-truth boxes hit by a heatmap box with IoBB &ge; T; IoU-based " \
-                                "accuracies are in metrics.json.</p>"
+    how = ""
+    if loc.get("method"):
+        how = f"<p>Maps: {escape(str(loc['method']))}; box parameters: {escape(str(loc.get('box_params', '')))}.</p>"
+    return how + table(head, rows) + "<p>Accuracy: share of ground-truth boxes hit by a heatmap box with IoBB &ge; T; " \
+                                     "IoU-based accuracies are in metrics.json.</p>"
 
 
 def _gallery(gallery) -> str:

@@ -19,7 +19,11 @@ KINDS = {
     "chexnet-arnoweng": "arnoweng/CheXNet model.pth.tar (DataParallel, old dotted DenseNet keys)",
     "chexnet-jrzech": "jrzech/reproduce-chexnet checkpoint (a pickled model: needs --trust-pickle)",
     "bundle": "a cxrkit bundle directory (initialisation for a new task)",
+    "cxrkit-backbone": "a backbone file written by `cxr pretrain` (.safetensors; no head)",
 }
+# kinds whose files fix the architecture (torchvision / timm files do not name theirs)
+_KIND_ARCH = {"xrv-densenet121": "densenet121", "xrv-resnet50": "resnet50", "chexnet-arnoweng": "densenet121",
+              "chexnet-jrzech": "densenet121"}
 
 
 def import_weights(kind: str, path: str | Path, *, trust_pickle: bool = False, arch: str | None = None,
@@ -48,6 +52,10 @@ def import_weights(kind: str, path: str | Path, *, trust_pickle: bool = False, a
         from cxrkit.models.imports import chexnet
 
         return chexnet.read_jrzech(path, trust_pickle=trust_pickle, label_names=label_names)
+    if kind == "cxrkit-backbone":
+        from cxrkit.models.imports import backbone_file
+
+        return backbone_file.read(path, label_names=label_names)
     from cxrkit.models.imports import bundle
 
     return bundle.read(path, label_names=label_names)
@@ -64,9 +72,7 @@ def backbone_source(pretrained: str | Path, arch: str | None = None) -> Imported
     """What ``--pretrained`` initialises a backbone from when it names an import: ``KIND:FILE`` or a bundle
     directory. None for a plain torchvision/timm file (cxrkit's one-channel summed-stem path) and for 'hub'.
     ``arch``: the run's architecture, which a torchvision/timm checkpoint does not name itself."""
-    kind, path = split_kind(pretrained)
-    if kind is None and Path(path).is_dir():
-        kind = "bundle"
+    kind, path = _detect(pretrained)
     if kind is None:
         return None
     if kind == "chexnet-jrzech":
@@ -75,4 +81,36 @@ def backbone_source(pretrained: str | Path, arch: str | None = None) -> Imported
     return import_weights(kind, path, arch=arch if kind in ("torchvision", "timm") else None)
 
 
-__all__ = ["KINDS", "ImportWeightsError", "Imported", "backbone_source", "import_weights", "split_kind"]
+def _detect(pretrained: str | Path) -> tuple[str | None, str]:
+    """(kind, path) of a --pretrained value: an explicit KIND:FILE, a bundle folder, a cxrkit backbone file."""
+    kind, path = split_kind(pretrained)
+    if kind is None and Path(path).is_dir():
+        kind = "bundle"
+    if kind is None:
+        from cxrkit.models.imports.backbone_file import read_metadata
+
+        if read_metadata(path) is not None:
+            kind = "cxrkit-backbone"
+    return kind, path
+
+
+def source_arch(pretrained: str | Path) -> str | None:
+    """The architecture a --pretrained value fixes (None: it does not say, e.g. a torchvision file or 'hub')."""
+    kind, path = _detect(pretrained)
+    if kind in _KIND_ARCH:
+        return _KIND_ARCH[kind]
+    if kind == "bundle":
+        from cxrkit.bundle.format import read_bundle_config
+
+        try:
+            return (read_bundle_config(path).get("model") or {}).get("arch")
+        except Exception:  # noqa: BLE001 - an unreadable bundle is reported when it is loaded
+            return None
+    if kind == "cxrkit-backbone":
+        from cxrkit.models.imports.backbone_file import read_metadata
+
+        return read_metadata(path)["arch"]
+    return None
+
+
+__all__ = ["source_arch", "KINDS", "ImportWeightsError", "Imported", "backbone_source", "import_weights", "split_kind"]

@@ -85,6 +85,7 @@
     const overlay = $("overlay");
     overlay.hidden = true;
     overlay.removeAttribute("src");
+    drawBoxes(null);
     if (res.heatmaps) {
       base.src = res.heatmaps.image;
     } else {
@@ -132,6 +133,31 @@
     if (res.heatmaps && res.findings.length) toggle(res.findings[0].name); // most probable finding first
   }
 
+  // The shown finding's boxes (positive findings only, as in the SR) as SVG rectangles over the image; the
+  // viewBox is the uploaded image's pixel frame, the frame the API gives the boxes in.
+  function drawBoxes(name) {
+    const svg = $("boxes");
+    svg.replaceChildren();
+    const boxes = (name && current && current.heatmaps && current.heatmaps.boxes &&
+                   current.heatmaps.boxes[name]) || [];
+    svg.style.display = boxes.length ? "block" : "none";
+    if (!boxes.length) return 0;
+    svg.setAttribute("viewBox", "0 0 " + current.image.width + " " + current.image.height);
+    const ns = svg.namespaceURI; // the SVG namespace, without writing a URL into the page
+    for (const b of boxes) {
+      const r = document.createElementNS(ns, "rect");
+      r.setAttribute("x", String(b.x));
+      r.setAttribute("y", String(b.y));
+      r.setAttribute("width", String(b.w));
+      r.setAttribute("height", String(b.h));
+      const t = document.createElementNS(ns, "title");
+      t.textContent = name + ": peak " + b.score.toFixed(2);
+      r.append(t);
+      svg.append(r);
+    }
+    return boxes.length;
+  }
+
   function toggle(name) {
     const overlay = $("overlay");
     const showing = overlay.dataset.finding === name && !overlay.hidden;
@@ -144,6 +170,7 @@
       overlay.hidden = true;
       overlay.dataset.finding = "";
       $("heatmap-caption").textContent = "";
+      drawBoxes(null);
       return;
     }
     overlay.src = current.heatmaps.overlays[name];
@@ -151,8 +178,10 @@
     overlay.alt = "heatmap for " + name;
     overlay.style.opacity = String($("opacity").value / 100);
     overlay.hidden = false;
+    const n = drawBoxes(name);
     $("heatmap-caption").textContent = "Heatmap (" + current.heatmaps.method + ") for " + name +
-      ": where the model looked, not a localisation.";
+      ": where the model looked, not a localisation." +
+      (n ? " White boxes: the " + n + " hottest region(s) of the map." : "");
   }
 
   function init() {

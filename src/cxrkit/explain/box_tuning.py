@@ -1,0 +1,146 @@
+"""Fitting each finding's box parameters on validation boxes (``cxr tune-boxes``) and the before/after table
+(``cxr localise``).
+
+For every map method, the validation pairs' maps are made once; then every (threshold, minimum area, number of
+boxes) of a small grid is scored with the ChestX-ray8 criterion, a ground-truth box found when a detected box
+reaches IoBB >= 0.5, finding by finding. The best per finding (ties: the better mean best IoU, i.e. boxes that
+fit, then fewer boxes) goes into the bundle; the method with the best pooled validation accuracy becomes the
+bundle's map method, which every output then uses.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cxrkit.explain.boxes import ExplainError
+from cxrkit.explain.finding_boxes import BoxParams, boxes_with
+from cxrkit.explain.localisation import best_overlaps
+
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_AREA_FRACS = (0.0, 0.001, 0.005, 0.01, 0.02)
+MAX_BOXES = (1, 2, 3)
+CRITERION = 0.5  # T(IoBB)
+TUNE_METHODS = ("cam", "layercam", "cam-layercam")
+
+
+def _grid_scores(pairs, grouped, maps) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """(threshold, min_area_frac, max_boxes) -> (per-box best IoBB, per-box best IoU), boxes in pair order."""
+    out = {}
+    for t in THRESHOLDS:
+        for a in MIN_AREA_FRACS:
+            found = [boxes_with(m, BoxParams(t, a, max(MAX_BOXES))) for m in maps]
+            for k in MAX_BOXES:
+                iobbs, ious = [], []
+                for (row, label), boxes in zip(pairs, found):
+                    for truth in grouped[(row, label)]:
+                        b_iou, b_iobb = best_overlaps(truth, boxes[:k])
+                        iobbs.append(b_iobb)
+                        ious.append(b_iou)
+                out[(t, a, k)] = (np.asarray(iobbs), np.asarray(ious))
+    return out
+
+
+def fit_params(pairs, grouped, maps) -> dict[str, dict]:
+    """Per finding: the grid point with the best accuracy at T(IoBB)=0.5 -> ``{"threshold", "min_area_frac",
+    "max_boxes", "val_acc", "val_acc_default", "n_boxes"}``."""
+    labels = np.asarray([label for (row, label) in pairs for _ in grouped[(row, label)]])
+    scores = _grid_scores(pairs, grouped, maps)
+    default = BoxParams()
+    default_key = (default.threshold, default.min_area_frac, default.max_boxes)
+    out = {}
+    for label in dict.fromkeys(labels):
+        sel = labels == label
+        ranked = sorted(scores, key=lambda key: (-(scores[key][0][sel] >= CRITERION).mean(),
+                                                 -scores[key][1][sel].mean(), key[2], key[0]))
+        t, a, k = ranked[0]
+        out[str(label)] = {"threshold": t, "min_area_frac": a, "max_boxes": k,
+                           "val_acc": float((scores[ranked[0]][0][sel] >= CRITERION).mean()),
+                           "val_acc_default": float((scores[default_key][0][sel] >= CRITERION).mean())
+                           if default_key in scores else None,
+                           "n_boxes": int(sel.sum())}
+    return out
+
+
+def tune_boxes(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, batch_size: int = 16,
+               progress: bool = True) -> dict:
+    """``{"methods": {method: {finding: params + val accuracies}}, "overall": {method: pooled val accuracy},
+    "method": the best method}`` on the cache rows' ground-truth boxes."""
+    from cxrkit.explain.cam import concrete_method
+    from cxrkit.explain.localisation import boxed_pairs, pair_maps
+
+    pairs, grouped, _ = boxed_pairs(predictor, cache, rows)
+    if not len(pairs):
+        raise ExplainError("no ground-truth boxes in these rows for this model's findings; tune on a split with "
+                           "boxes (the phantom set has them, NIH only in BBox_List_2017)")
+    result: dict = {"methods": {}, "overall": {}, "overall_default": {}, "seconds": {}}
+    for method in methods:
+        concrete = concrete_method(predictor, method)
+        t0 = time.perf_counter()
+        maps = pair_maps(predictor, cache, pairs, concrete, batch_size, progress, desc=f"maps {concrete}")
+        result["seconds"][concrete] = round(time.perf_counter() - t0, 1)
+        fitted = fit_params(pairs, grouped, maps)
+        n = sum(p["n_boxes"] for p in fitted.values())
+        result["methods"][concrete] = fitted
+        result["overall"][concrete] = sum(p["val_acc"] * p["n_boxes"] for p in fitted.values()) / n
+        result["overall_default"][concrete] = sum((p["val_acc_default"] or 0) * p["n_boxes"]
+                                                  for p in fitted.values()) / n
+    result["method"] = max(result["overall"], key=result["overall"].get)
+    result["n_boxes"] = int(sum(len(v) for v in grouped.values()))
+    return result
+
+
+def store_tuning(bundle_dir: str | Path, result: dict, split: str, set_method: bool = True) -> Path:
+    """Write the fitted parameters into the bundle's config.json (``explain.boxes``, ``explain.box_tuning`` and,
+    with ``set_method``, ``explain.method``), keeping parameters of methods not tuned this time."""
+    from cxrkit.bundle.format import read_bundle_config, write_bundle_config
+
+    config = read_bundle_config(bundle_dir)
+    explain = dict(config.get("explain") or {})
+    boxes = dict(explain.get("boxes") or {})
+    for method, fitted in result["methods"].items():
+        boxes[method] = {f: {k: p[k] for k in ("threshold", "min_area_frac", "max_boxes")}
+                         for f, p in fitted.items()}
+    explain["boxes"] = boxes
+    if set_method:
+        explain["method"] = result["method"]
+    explain["box_tuning"] = {"split": split, "criterion": f"acc_iobb@{CRITERION:g}", "n_boxes": result["n_boxes"],
+                             "val_overall": result["overall"], "val_overall_default": result["overall_default"],
+                             "grid": {"threshold": list(THRESHOLDS), "min_area_frac": list(MIN_AREA_FRACS),
+                                      "max_boxes": list(MAX_BOXES)},
+                             "tuned": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    config["explain"] = explain
+    write_bundle_config(bundle_dir, config)
+    return Path(bundle_dir) / "config.json"
+
+
+def localisation_table(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, batch_size: int = 16,
+                       progress: bool = True) -> dict:
+    """Per method: the accuracy table with the fixed rule of the paper ("fixed": 0.5 x peak, every region of at
+    least 16 px), the default parameters ("default") and the bundle's tuned ones ("tuned", when it has them),
+    plus the explanation cost (seconds per map on this machine)."""
+    from cxrkit.explain.cam import concrete_method
+    from cxrkit.explain.finding_boxes import box_params
+    from cxrkit.explain.localisation import boxed_pairs, evaluate_localisation, pair_maps
+
+    pairs, _, _ = boxed_pairs(predictor, cache, rows)
+    if not len(pairs):
+        raise ExplainError("no ground-truth boxes in these rows for this model's findings; use a split with boxes")
+    out: dict = {"n_pairs": int(len(pairs)), "methods": {}}
+    for method in methods:
+        concrete = concrete_method(predictor, method)
+        pair_maps(predictor, cache, pairs[:1], concrete, 1, False)  # warm-up: imports, the layer search
+        t0 = time.perf_counter()
+        maps = pair_maps(predictor, cache, pairs, concrete, batch_size, progress, desc=f"maps {concrete}")
+        seconds = time.perf_counter() - t0
+        entry = {"ms_per_map": round(1000 * seconds / len(pairs), 2),
+                 "fixed": evaluate_localisation(predictor, cache, rows, concrete, box_threshold=0.5, min_area=16,
+                                                maps=maps, progress=False),
+                 "default": evaluate_localisation(predictor, cache, rows, concrete, box_params=BoxParams(),
+                                                  maps=maps, progress=False)}
+        if any(box_params(predictor, n, concrete)[1] for n in predictor.label_names):
+            entry["tuned"] = evaluate_localisation(predictor, cache, rows, concrete, maps=maps, progress=False)
+        out["methods"][concrete] = entry
+    return out
