@@ -139,8 +139,19 @@ def test_echo_and_single_film_round_trip(node, bundle, pacs, tmp_path, shared_da
     assert text and src.PatientID not in text and study not in text and str(src.PatientName) not in text
 
 
-def test_transfer_syntaxes_lateral_and_non_chest_in_one_study(node, pacs, tmp_path, shared_data):
+@pytest.fixture()
+def slow_settle_node(bundle, tmp_path, pacs):
+    # one storescu process per film: on a loaded machine consecutive films can be further apart than 0.3 s, and a
+    # study quiet for the settle time is (by design) processed, the later films as a second batch with its own SR
+    n = start_node(bundle, tmp_path, [f"PACS@127.0.0.1:{pacs.port}"], settle_seconds=3.0)
+    yield n
+    n.stop()
+
+
+def test_transfer_syntaxes_lateral_and_non_chest_in_one_study(slow_settle_node, pacs, tmp_path, shared_data):
     from pydicom import uid
+
+    node = slow_settle_node
 
     from cxrkit.deploy.dicom.sop import image_transfer_syntaxes
 

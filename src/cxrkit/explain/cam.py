@@ -6,6 +6,7 @@ image it explains. Images go through the predictor's own geometry (``fit_square`
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
 
+log = logging.getLogger(__name__)
 METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "cam-layercam")
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")  # one backward per (image, finding) pair
 
@@ -133,7 +135,19 @@ def preferred_method(predictor, method: str = "auto") -> str:
         return method
     from cxrkit.explain.finding_boxes import map_method
 
-    return map_method(predictor)
+    stored = map_method(predictor)
+    if stored in ("layercam", "cam-layercam") and not _has_grad_cam():
+        # a bundle tuned where cxrkit[explain] was installed still explains (with its head's default) without it
+        log.warning("the bundle's map method %r needs the grad-cam package (pip install 'cxrkit[explain]'); using "
+                    "the head's default map instead", stored)
+        return "auto"
+    return stored
+
+
+def _has_grad_cam() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pytorch_grad_cam") is not None
 
 
 def _explain_pairs(predictor, square_u8: np.ndarray, image_idx, classes, method: str,
