@@ -30,7 +30,7 @@ def cache(tmp_path_factory):
 def _cfg(cache, out, **kw) -> TrainConfig:
     args = dict(cache=str(cache), out=str(out), arch="cxr_tiny", image_size=32, epochs=1, batch_size=16,
                 max_steps_per_epoch=3, num_threads=1, quiet=True, tensorboard=False, quality_gate=False,
-                precision="fp32", channels_last=False)
+                precision="fp32", channels_last=False, export=False)
     args.update(kw)
     return TrainConfig(**args)
 
@@ -143,7 +143,7 @@ def test_bundle_fine_tuned_to_a_new_label_set_from_a_csv_in_one_command(tmp_path
     # no --arch: the bundle names it; a new head for the new label set
     main(["train", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--pretrained", str(bundle),
           "--preset", "small-data", "--epochs", "1", "--size", "32", "--batch-size", "16", "--quiet",
-          "--no-tensorboard", "--no-quality-gate", "--num-threads", "1"])
+          "--no-tensorboard", "--no-quality-gate", "--no-export", "--num-threads", "1"])
     assert "bundle:" in capsys.readouterr().out
     config = json.loads((tmp_path / "run" / "bundle" / "config.json").read_text())
     assert config["label_names"] == ["Abnormal"] and config["model"]["arch"] == "cxr_tiny"

@@ -116,7 +116,7 @@ def _train_run(cache_view: Path, run_dir: Path, preset: str, init: str, spec: Cu
     done = run_dir / "bundle" / "config.json"
     if not done.is_file():
         overrides = {**spec.train, "cache": str(cache_view), "out": str(run_dir), "quiet": True,
-                     "tensorboard": False, "quality_gate": False, "seed": spec.seed,
+                     "tensorboard": False, "quality_gate": False, "export": False, "seed": spec.seed,
                      "preset": None if preset == CHEXNET else preset,
                      "pretrained": None if init == RANDOM else init,
                      "resume": (run_dir / "config.json").is_file() or None}
