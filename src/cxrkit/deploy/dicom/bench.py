@@ -155,11 +155,16 @@ def _send(port: int, path: Path, syntax: str) -> bool:
     return out.returncode == 0
 
 
-def _wait(pacs: _Pacs, studies, timeout: float, stall: float | None = None) -> None:
-    """Until every study's SR arrived, ``timeout`` passed, or (with ``stall``) no SR arrived for that long."""
+def _wait(pacs: _Pacs, studies, timeout: float, stall: float | None = None, say=None) -> None:
+    """Until every study's SR arrived, ``timeout`` passed, or (with ``stall``) no SR arrived for that long;
+    ``say`` gets a line every 30 s."""
     end = time.time() + timeout
     last, seen = time.time(), len(pacs.arrivals)
+    next_say = time.time() + 30
     while time.time() < end and any(s not in pacs.arrivals for s in studies):
+        if say is not None and time.time() >= next_say:
+            next_say += 30
+            say(f"draining: {sum(s in pacs.arrivals for s in studies)}/{len(studies)} delivered")
         if len(pacs.arrivals) != seen:
             last, seen = time.time(), len(pacs.arrivals)
         elif stall is not None and time.time() - last > stall:
@@ -218,7 +223,8 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
                 say(f"latency phase: {i + 1}/{latency_studies} studies")
         received = _received_at(spool)
         latencies = [pacs.arrivals[s] - received[s] for s in lat_studies if s in pacs.arrivals and s in received]
-        say(f"latency p50 {_pct(latencies, 50)} s; load phase: {senders} senders for {duration_s:g} s")
+        say(f"latency p50 {_pct(latencies, 50)} s, p99 {_pct(latencies, 99)} s, max {_pct(latencies, 100)} s; "
+            f"load phase: {senders} senders for {duration_s:g} s")
         # -- sustained load ---------------------------------------------------------------------------
         sent: list[str] = []
         failures = [0]
@@ -257,9 +263,10 @@ def run_bench(bundle: str | Path, *, film: Path | None = None, latency_studies: 
                     f"delivered, node RSS {value} MB")
             time.sleep(1.0)
         load_end = time.time()
-        say(f"load done: {len(sent)} sent; waiting for the backlog to drain")
+        say(f"load done: {len(sent)} sent, {len([s for s in sent if s in pacs.arrivals])} of them delivered in "
+            f"{time.time() - t0:.0f} s; waiting for the backlog to drain")
         # the backlog drains as long as results keep coming; "lost" = never delivered although the node kept going
-        _wait(pacs, list(sent), 3600, stall=60)
+        _wait(pacs, list(sent), 3600, stall=60, say=say)
         elapsed, drain = load_end - t0, time.time() - load_end
         delivered = [s for s in sent if s in pacs.arrivals]
         in_window = [s for s in delivered if pacs.arrivals[s] <= load_end]
