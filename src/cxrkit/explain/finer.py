@@ -62,16 +62,9 @@ def layercam_maps(model: nn.Module, x: torch.Tensor, classes: list[int], factor:
     except ImportError as exc:
         raise ExplainError("LayerCAM needs the grad-cam package: pip install 'cxrkit[explain]' (or use method='cam', "
                            "which needs nothing extra)") from exc
-    layer = find_finer_layer(model, x, factor)
-    cam = LayerCAM(model=model, target_layers=[layer])
-    try:
-        x = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-    finally:
-        cam.activations_and_grads.release()
-        model.zero_grad(set_to_none=True)
-    return np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float32)), 0.0, 1.0)
+    from cxrkit.explain.gradcam import run_cam
+
+    return run_cam(LayerCAM, model, find_finer_layer(model, x, factor), x, classes, ClassifierOutputTarget)
 
 
 def fuse(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:

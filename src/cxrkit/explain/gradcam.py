@@ -51,13 +51,18 @@ def gradcam_maps(model: nn.Module, x: torch.Tensor, classes: list[int], plus_plu
         raise ExplainError("Grad-CAM needs the grad-cam package: pip install 'cxrkit[explain]' (or use "
                            "method='cam' / 'attention', which need nothing extra)") from exc
     layer = target_layer if target_layer is not None else find_target_layer(model, x[:1])
-    cls = GradCAMPlusPlus if plus_plus else GradCAM
-    cam = cls(model=model, target_layers=[layer])
+    return run_cam(GradCAMPlusPlus if plus_plus else GradCAM, model, layer, x, classes, ClassifierOutputTarget)
+
+
+def run_cam(cam_class, model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: list[int],
+            target_class) -> np.ndarray:
+    """One ``pytorch_grad_cam`` method on ``layer``: B x H x W float32 in [0, 1], its hooks released after."""
+    cam = cam_class(model=model, target_layers=[layer])
     try:
         # A leaf input that requires grad keeps the graph alive even when the weights are frozen.
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+            maps = cam(input_tensor=x, targets=[target_class(int(c)) for c in classes])
     finally:
         cam.activations_and_grads.release()
         model.zero_grad(set_to_none=True)

@@ -1,22 +1,12 @@
 """`python -m cxrkit.training ...` = `cxr train ...` (handy under torchrun: `torchrun -m cxrkit.training CACHE ...`)."""
 from __future__ import annotations
 
-import sys
-
-import typer
-
 
 def main(argv: list[str] | None = None) -> None:
-    from cxrkit.data.errors import CxrError
     from cxrkit.training.cli import train_command
+    from cxrkit.training.entry import run_single_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
-    app.command()(train_command)
-    try:
-        app(args=argv, standalone_mode=False)
-    except CxrError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    run_single_command(train_command, argv)
 
 
 if __name__ == "__main__":
