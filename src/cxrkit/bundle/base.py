@@ -52,9 +52,11 @@ class BasePredictor:
         """N x C probabilities for uint8 grey images."""
         return self.predict_full(images, batch_size)["probs"]
 
-    def predict_full(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+    def predict_full(self, images, batch_size: int = 32, input_warnings=None) -> dict[str, np.ndarray]:
         """All outputs of :meth:`forward_uint8` for uint8 grey images, in batches, plus ``input_warning`` (one
-        string per image, '' when its polarity and intensity range fit the bundle's ``input`` record)."""
+        string per image, '' when its polarity and intensity range fit the bundle's ``input`` record).
+        ``input_warnings``: already checked per image (e.g. by decode workers on the original films), so the
+        images here may be the fitted squares."""
         parts = [self.forward_uint8(self.to_uint8_batch(images[i:i + batch_size]))
                  for i in range(0, len(images), batch_size)]
         if not parts:
@@ -62,22 +64,28 @@ class BasePredictor:
             return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),
                     "abnormality": np.zeros(0, np.float32), "input_warning": np.zeros(0, dtype=object)}
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        out["input_warning"] = self.input_warnings(images)
+        out["input_warning"] = (self.input_warnings(images) if input_warnings is None
+                                else log_input_warnings(np.array(input_warnings, dtype=object)))
         return out
 
     def input_warnings(self, images) -> np.ndarray:
         """Per image, why it does not look like the films the model was trained on ('' when it does); logged."""
         from cxrkit.bundle.input_check import input_warning
 
-        warnings = np.array([input_warning(np.asarray(im), self.config["input"]) for im in images], dtype=object)
-        flagged = [i for i, w in enumerate(warnings) if w]
-        if flagged:
-            log.warning("%d of %d input films do not match the model's input record: image %d: %s", len(flagged),
-                        len(warnings), flagged[0], warnings[flagged[0]])
-        return warnings
+        return log_input_warnings(np.array([input_warning(np.asarray(im), self.config["input"]) for im in images],
+                                           dtype=object))
 
     def positives(self, probs: np.ndarray) -> np.ndarray:
         return probs >= self.thresholds
+
+
+def log_input_warnings(warnings: np.ndarray) -> np.ndarray:
+    """One log line for a batch's input warnings (the count and the first one); returns ``warnings``."""
+    flagged = [i for i, w in enumerate(warnings) if w]
+    if flagged:
+        log.warning("%d of %d input films do not match the model's input record: image %d: %s", len(flagged),
+                    len(warnings), flagged[0], warnings[flagged[0]])
+    return warnings
 
 
 def abnormality_from_probs(probs: np.ndarray) -> np.ndarray:

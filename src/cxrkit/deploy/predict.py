@@ -150,23 +150,6 @@ def _decode_and_prepare(path: Path, predictor, gate):
         return ImageError(path, f"could not prepare: {type(exc).__name__}: {exc}")
 
 
-def _model_outputs(predictor, prepared: list, batch_size: int) -> dict[str, np.ndarray]:
-    """The network on already-fitted squares (predict_full without its per-image work, done by the workers)."""
-    import logging
-
-    squares = np.stack([p[2] for p in prepared])
-    parts = [predictor.forward_uint8(predictor.to_uint8_batch(squares[i:i + batch_size]))
-             for i in range(0, len(squares), batch_size)]
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    out["input_warning"] = np.array([p[3] for p in prepared], dtype=object)
-    flagged = [i for i, w in enumerate(out["input_warning"]) if w]
-    if flagged:
-        logging.getLogger("cxrkit.bundle.base").warning(
-            "%d of %d input films do not match the model's input record: image %d: %s", len(flagged),
-            len(prepared), flagged[0], out["input_warning"][flagged[0]])
-    return out
-
-
 def default_workers() -> int:
     """Decoding threads when not given: every core (the network's own threads share them; decoding a 1024-px
     film costs about as much as a fast runtime's forward pass, so both must run at once)."""
@@ -212,7 +195,9 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                 images = [d[0] for _, d in good]
                 metas = [d[1] for _, d in good]
                 if prepare:
-                    out = _model_outputs(predictor, [d for _, d in good], batch_size)
+                    # the network only: the workers fitted the squares and checked the original films
+                    out = predictor.predict_full(np.stack([d[2] for _, d in good]), batch_size=batch_size,
+                                                 input_warnings=[d[3] for _, d in good])
                     verdicts = [d[4] for _, d in good]
                 else:
                     out = predictor.predict_full(images, batch_size=batch_size)
