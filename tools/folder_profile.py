@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.transforms import fit_square
+from cxrkit.deploy.bench_cpu import batch_ceiling
 from cxrkit.deploy.onnx_runtime import load_predictor
 from cxrkit.deploy.predict import _decode_and_prepare, _safe_decode, expand_inputs, predict_files
 
@@ -34,13 +35,9 @@ def main() -> None:
     for p in paths[:n]:
         _decode_and_prepare(p, pred, None)
     print(f"decode + prepare {1000 * (time.perf_counter() - t) / n:.1f} ms/film")
-    # every film, so that the batches are full (a last short batch is padded to OpenVINO's next bucket)
-    sq = np.stack([fit_square(_safe_decode(p)[0], pred.preresize)[0] for p in paths])
-    pred.forward_uint8(pred.to_uint8_batch(sq[:a.batch]))
-    t = time.perf_counter()
-    for i in range(0, len(sq), a.batch):
-        pred.forward_uint8(pred.to_uint8_batch(sq[i:i + a.batch]))
-    ceiling = len(sq) / (time.perf_counter() - t)
+    # every film, so that the batches are full
+    ceiling = batch_ceiling(pred, np.stack([fit_square(_safe_decode(p)[0], pred.preresize)[0] for p in paths]),
+                            a.batch)
     print(f"ceiling {ceiling:.1f} img/s")
     for boxes in (True, False):
         predict_files(pred, paths[:a.batch], batch_size=a.batch, boxes=boxes, progress=False)
