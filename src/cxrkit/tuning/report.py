@@ -37,7 +37,7 @@ def best_summary(study, out: Path) -> dict:
     best = study.best_trial
     bundle = best.user_attrs.get("bundle")
     return {"study": study.study_name, "direction": study.direction.name.lower(), "best_trial": best.number,
-            "value": best.value, "params": best.params,
+            "value": best.value, "params": best.params, "derived": best.user_attrs.get("derived", {}),
             "run_dir": str((out / best.user_attrs["run_dir"]).resolve()) if "run_dir" in best.user_attrs else None,
             "bundle": str((out / bundle).resolve()) if bundle else None, "trials": states,
             "note": "research use only; phantom-data results are synthetic"}
