@@ -178,6 +178,8 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     table = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
     rows_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
                               classes="trials")
+    derived_html = (f" (derived <code>{html.escape(json.dumps(summary['derived']))}</code>)"
+                    if summary.get("derived") else "")
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cxr tune: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table.trials{{border-collapse:collapse;font-size:12px}}
@@ -185,7 +187,7 @@ table.trials td,table.trials th{{border:1px solid #ccc;padding:2px 6px}} .notice
 <h1>Study {html.escape(study.study_name)}</h1>
 <p class="notice">Research use only. Results on phantom data are synthetic.</p>
 <p>Best trial {summary['best_trial']}: {html.escape(study.direction.name.lower())} value {summary['value']:.4f};
-params <code>{html.escape(json.dumps(summary['params']))}</code>;
+params <code>{html.escape(json.dumps(summary['params']))}</code>{derived_html};
 bundle <code>{html.escape(str(summary['bundle']))}</code>.
 Trials by state: <code>{html.escape(json.dumps(summary['trials']))}</code>.</p>
 <ul>{notes_html}</ul>
