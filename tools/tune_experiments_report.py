@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     md, results = [], {}
     if args.only_tied:
         tied_keys(work, img, md, results)
+        (work / "experiments_tied.json").write_text(json.dumps(results, indent=2, default=str))
         print("\n".join(md))
         return 0
 
