@@ -32,7 +32,8 @@ def cache(tmp_path_factory) -> Path:
 
 
 def _space(params: dict, study: dict | None = None, **fixed):
-    return parse_space({"study": study or {"pruner": "none"}, "fixed": {**FIXED, **fixed}, "params": params})
+    fixed = {k: v for k, v in {**FIXED, **fixed}.items() if k not in params}
+    return parse_space({"study": study or {"pruner": "none"}, "fixed": fixed, "params": params})
 
 
 def _trials(study):
@@ -257,3 +258,45 @@ def test_optimizer_and_input_channel_keys_searched_by_the_seed_study(tmp_path, c
     assert first_conv.in_channels == 3
     probs = predictor.predict([np.zeros((32, 32), np.uint8)])
     assert np.all((probs >= 0) & (probs <= 1))
+
+
+# -- tied keys: batch size x accumulation at a fixed effective batch; loss-weighting strength -----------------
+@pytest.mark.parametrize("study, params, fixed, message", [
+    ({"effective_batch": 32}, {"batch_size": [8, 12]}, {}, "not a whole multiple of batch_size [12]"),
+    ({"effective_batch": 32}, {"batch_size": {"type": "int", "low": 8, "high": 10}}, {}, "[9, 10]"),
+    ({"effective_batch": 32}, {"batch_size": [8, 16]}, {"accum_steps": 2}, "remove accum_steps"),
+    ({"effective_batch": 0}, {"batch_size": [8]}, {}, "effective_batch must be an integer >= 1"),
+    ({"effective_batch": 32}, {"lr": [1e-3]}, {"batch_size": 24}, "[24]"),
+    ({}, {"pos_weight_power": {"type": "float", "low": 0.0, "high": 3.0}}, {}, "pos_weight_power must be in [0, 2]"),
+])
+def test_tied_and_weighting_keys_are_checked(study, params, fixed, message):
+    with pytest.raises(SpaceError) as exc:
+        parse_space({"study": study, "fixed": fixed, "params": params})
+    assert message in str(exc.value)
+
+
+def test_effective_batch_ties_accumulation_to_the_searched_batch_size(tmp_path, cache):
+    """Each trial's accum_steps is effective_batch / batch_size, recorded in its config and the study; the grid
+    covers the batch sizes once each, and the report's best.json says the derived value."""
+    space = _space({"batch_size": [8, 16, 32]}, study={"pruner": "none", "effective_batch": 32}, epochs=1)
+    assert space.to_dict()["effective_batch"] == 32
+    assert "effective_batch" not in _space({"lr": [1e-3]}).to_dict()  # studies made before the key still match
+    study = run_study(TuneSpec(cache=str(cache), space=space, out=str(tmp_path / "s"), trials=3, grid=True,
+                               progress=False))
+    configs = [json.loads((tmp_path / "s" / t.user_attrs["run_dir"] / "config.json").read_text())
+               for t in _trials(study)]
+    assert sorted((c["batch_size"], c["accum_steps"]) for c in configs) == [(8, 4), (16, 2), (32, 1)]
+    assert all(t.user_attrs["derived"]["accum_steps"] * t.params["batch_size"] == 32 for t in _trials(study))
+    from cxrkit.tuning.report import best_summary
+
+    best = best_summary(study, tmp_path / "s")
+    assert best["derived"]["accum_steps"] * best["params"]["batch_size"] == 32
+
+
+def test_pos_weight_power_scales_chexnet_weights():
+    from cxrkit.training.losses import prevalence_pos_weight
+
+    y = np.array([[1, 0], [0, 0], [0, 1], [0, 1], [0, np.nan]], dtype=np.float32)  # 1 pos/4 neg; 2 pos/2 neg
+    np.testing.assert_allclose(prevalence_pos_weight(y), [4.0, 1.0])
+    np.testing.assert_allclose(prevalence_pos_weight(y, 0.5), [2.0, 1.0])
+    np.testing.assert_allclose(prevalence_pos_weight(y, 0.0), [1.0, 1.0])

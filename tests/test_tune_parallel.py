@@ -185,3 +185,38 @@ def test_a_trial_left_without_any_heartbeat_is_failed_and_retried(tmp_path):
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
     assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == orphan.number
+
+
+def test_two_machines_share_one_postgresql_study_each_with_its_own_out(tmp_path, cache, postgres):  # noqa: F811
+    """Workers on several machines: one PostgreSQL study, each machine its own --out on its own disk. Both add
+    trials to the one study; a report on either machine reads every trial from the server, keeps the local best
+    bundle only when the best trial is local, and says where the others ran; --top-k counts local bundles and
+    says how many are elsewhere."""
+    from cxrkit.tuning.report import top_trials, write_report
+    from cxrkit.tuning.space import read_space
+
+    space = read_space(_space_file(tmp_path / "s.toml", 'lr = {type = "float", low = 1e-4, high = 1e-1, log = true}'))
+    common = dict(cache=str(cache), space=space, study="two-machines", storage=postgres)
+    run_study(TuneSpec(trials=2, out=str(tmp_path / "machine_a"), worker=0, **common))
+    study = run_study(TuneSpec(trials=4, out=str(tmp_path / "machine_b"), worker=1, **common))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    local_a = sorted(p.name for p in (tmp_path / "machine_a" / "trials").iterdir())
+    local_b = sorted(p.name for p in (tmp_path / "machine_b" / "trials").iterdir())
+    assert local_a == ["0000", "0001"] and local_b == ["0002", "0003"]
+
+    best = study.best_trial.number
+    for machine, local in (("machine_a", local_a), ("machine_b", local_b)):
+        summary = write_report(tmp_path / machine)
+        assert summary["best_trial"] == best
+        page = (tmp_path / machine / "report.html").read_text()
+        assert "2 finished trials ran under another --out" in page
+        if f"{best:04d}" in local:
+            assert (tmp_path / machine / "best_bundle" / "model.safetensors").is_file()
+            assert "elsewhere" not in summary
+        else:
+            assert summary["bundle"] is None and not (tmp_path / machine / "best_bundle").exists()
+            assert f"trials/{best:04d}" in summary["elsewhere"]
+        assert len(top_trials(tmp_path / machine, 2)) == 2
+        with pytest.raises(TuneError, match="2 more ran under another worker's --out"):
+            top_trials(tmp_path / machine, 3)

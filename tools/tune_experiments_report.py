@@ -58,14 +58,61 @@ def test_auroc(bundle: str, cache: Path) -> dict:
     return {"mean_auroc": m["mean_auroc"], "ci": [m["mean_auroc_ci_low"], m["mean_auroc_ci_high"]]}
 
 
+def tied_keys(work: Path, img: Path, md: list, results: dict) -> None:
+    """Batch size x accumulation at a fixed effective batch (studies accum, accum_seeds) and the loss-weighting
+    strength (loss_weight): tables and one figure, experiments_tied_keys.png."""
+    accum = load(work, "accum") + [{**r, "lr": 3e-3} for r in load(work, "accum_seeds")]
+    weight = sorted(load(work, "loss_weight"), key=lambda r: r["pos_weight_power"])
+    if not accum and not weight:
+        return
+    results["accum"], results["loss_weight"] = accum, weight
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
+    sizes = sorted({r["batch_size"] for r in accum})
+    for lr, colour in ((1e-3, "#4c72b0"), (3e-3, "#c44e52")):
+        pts = [(sizes.index(r["batch_size"]), r["value"]) for r in accum if r["lr"] == lr]
+        if pts:
+            a1.plot(*zip(*pts), "o", color=colour, alpha=0.8, label=f"lr {lr:g}")
+            means = [sum(v for i, v in pts if i == k) / max(1, sum(i == k for i, _ in pts)) for k in range(len(sizes))]
+            a1.plot(range(len(sizes)), means, "-", color=colour, alpha=0.6)
+    a1.set_xticks(range(len(sizes)), [f"{b} x {64 // b}" for b in sizes])
+    a1.set_xlabel("micro-batch x accumulation steps (effective batch 64)", fontsize=8)
+    a1.set_ylabel("best-epoch val mean AUROC", fontsize=8)
+    a1.set_title("Same effective batch, other micro-batch", fontsize=10)
+    a1.legend(fontsize=8)
+    secs = [[r["seconds"] for r in accum if r["batch_size"] == b] for b in sizes]
+    a2.bar(range(len(sizes)), [sorted(x)[len(x) // 2] for x in secs], color="#4c72b0")
+    a2.set_xticks(range(len(sizes)), [f"{b} x {64 // b}" for b in sizes])
+    a2.set_ylabel("trial wall seconds (median)", fontsize=8)
+    a2.set_title("Cost of small micro-batches on 2 CPU cores", fontsize=10)
+    if weight:
+        bar(a3, [f"power {r['pos_weight_power']:g}" for r in weight], [r["value"] for r in weight],
+            "Loss weighting (neg/pos) ** power")
+    fig.suptitle(f"Tied keys, cxr_tiny 64 px, 4 epochs, 1,200 images ({NOTE})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(img / "experiments_tied_keys.png", dpi=110)
+    plt.close(fig)
+    if accum:
+        md.append("### Batch size x accumulation at effective batch 64\n\n"
+                  + table([{**r, "accum_steps": 64 // r["batch_size"], "seed": r.get("seed", 0)} for r in accum],
+                          ["batch_size", "accum_steps", "lr", "seed"]))
+    if weight:
+        md.append("### Loss weighting strength\n\n" + table(weight, ["pos_weight_power"]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    ap.add_argument("--only-tied", action="store_true", help="only the tied-key studies (accum*, loss_weight)")
     args = ap.parse_args(argv)
     work, img = args.work, args.img
     img.mkdir(parents=True, exist_ok=True)
     md, results = [], {}
+    if args.only_tied:
+        tied_keys(work, img, md, results)
+        (work / "experiments_tied.json").write_text(json.dumps(results, indent=2, default=str))
+        print("\n".join(md))
+        return 0
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     # optimiser x lr
@@ -164,6 +211,8 @@ def main(argv=None) -> int:
         results["real_head_lr"] = rows
         md.append("### The 421 real NIH films (cxr_tiny, 64 px, 4 epochs; val split of ~60 films)\n\n"
                   + table(rows, ["head", "lr"]))
+
+    tied_keys(work, img, md, results)
 
     bench = work / "pruning" / "summary.json"
     if bench.is_file():

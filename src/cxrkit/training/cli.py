@@ -32,6 +32,10 @@ def train_command(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Keep an exponential moving average of the "
                                                                         "weights (e.g. 0.99); it is validated and shipped.",
                                               show_default="off"),
+    pos_weight_power: Optional[float] = typer.Option(None, "--pos-weight-power",
+                                                     help="Class weight = (negatives/positives) ** POWER: 1 CheXNet's,"
+                                                          " 0.5 softer for rare findings, 0 unweighted.",
+                                                     show_default="1"),
     freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
                                                     "head learns) or partial (the first half of its convolutions).",
                                          show_default="none"),
@@ -73,7 +77,7 @@ def train_command(
     explicit = {"cache": str(cache), "out": str(out), "arch": arch, "epochs": epochs, "preset": preset,
                 "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
                 "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
-                "ema_decay": ema_decay, "freeze": freeze,
+                "ema_decay": ema_decay, "freeze": freeze, "pos_weight_power": pos_weight_power,
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,

@@ -53,6 +53,9 @@ class TrainConfig:
     early_stop_patience: int | None = 5
     select: str = "auroc"
     pos_weight: bool = True
+    # CheXNet's class weight is negatives/positives; the power softens it (0.5: its square root) or removes it (0),
+    # a searchable loss-weighting strength for rare findings
+    pos_weight_power: float = 1.0
     augment: bool = True
     hflip: bool = True
     rotate_deg: float = 7.0
@@ -135,6 +138,9 @@ class TrainConfig:
             problems.append("warmup_epochs must be >= 0 and needs lr_schedule='cosine'")
         if not 0 <= self.crop_scale < 1:
             problems.append(f"crop_scale must be in [0, 1) (the smallest crop's area share), got {self.crop_scale}")
+        if not 0 <= self.pos_weight_power <= 2:
+            problems.append(f"pos_weight_power must be in [0, 2] (0: unweighted BCE, 1: CheXNet's negatives/positives),"
+                            f" got {self.pos_weight_power}")
         for name in ("gamma", "contrast", "noise"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")

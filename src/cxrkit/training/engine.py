@@ -145,7 +145,7 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise CacheError(f"cache {cache.path} has {len(train_rows)} {cfg.train_split!r} and {len(val_rows)} "
                          f"{cfg.val_split!r} images; training needs both splits")
-    pos_weight = prevalence_pos_weight(cache.labels(train_rows)) if cfg.pos_weight else None
+    pos_weight = prevalence_pos_weight(cache.labels(train_rows), cfg.pos_weight_power) if cfg.pos_weight else None
     trainer = Trainer(cfg, len(cache.label_names), pos_weight, device, info)
     train_loader = _make_loader(cache, train_rows, cfg, info, device, train=True)
     val_loader = _make_loader(cache, val_rows, cfg, info, device, train=False)

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def prevalence_pos_weight(labels: np.ndarray) -> np.ndarray:
-    """pos_weight = negatives / positives per class, counted over known (non-NaN) training labels.
+def prevalence_pos_weight(labels: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """pos_weight = (negatives / positives) ** power per class, counted over known (non-NaN) training labels.
 
-    A class with no positive (or no negative) keeps weight 1: there is nothing to balance.
+    A class with no positive (or no negative) keeps weight 1: there is nothing to balance. ``power`` 1 is CheXNet's
+    weighting, 0.5 its square root (rare findings weighted less extremely), 0 no weighting.
     """
     labels = np.asarray(labels, dtype=np.float64)
     known = ~np.isnan(labels)
@@ -17,7 +18,7 @@ def prevalence_pos_weight(labels: np.ndarray) -> np.ndarray:
     neg = known.sum(axis=0) - pos
     weight = np.ones(labels.shape[1], dtype=np.float64)
     ok = (pos > 0) & (neg > 0)
-    weight[ok] = neg[ok] / pos[ok]
+    weight[ok] = (neg[ok] / pos[ok]) ** float(power)
     return weight.astype(np.float32)
 
 

@@ -28,6 +28,18 @@ def load_study(out: str | Path, storage: str | None = None, study: str | None = 
         raise TuneError(f"no study {study!r} in {storage}") from exc
 
 
+def where_ran(trial) -> str:
+    """``host pid N`` of the worker that ran a trial (recorded by `cxr tune`), for trials whose folder is elsewhere."""
+    w = trial.user_attrs.get("worker") or {}
+    return f"{w.get('host', '?')} pid {w.get('pid', '?')}"
+
+
+def is_here(trial, out: Path) -> bool:
+    """Whether the trial's run folder is under this --out: workers on other machines (one PostgreSQL study, each
+    machine its own --out) keep their trials' folders on their own disks."""
+    return "run_dir" in trial.user_attrs and (Path(out) / trial.user_attrs["run_dir"] / "config.json").is_file()
+
+
 def best_summary(study, out: Path) -> dict:
     optuna = _optuna()
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
@@ -36,11 +48,18 @@ def best_summary(study, out: Path) -> dict:
         raise TuneError(f"study {study.study_name!r} has no complete trial yet ({states}); run more trials")
     best = study.best_trial
     bundle = best.user_attrs.get("bundle")
-    return {"study": study.study_name, "direction": study.direction.name.lower(), "best_trial": best.number,
-            "value": best.value, "params": best.params,
-            "run_dir": str((out / best.user_attrs["run_dir"]).resolve()) if "run_dir" in best.user_attrs else None,
-            "bundle": str((out / bundle).resolve()) if bundle else None, "trials": states,
-            "note": "research use only; phantom-data results are synthetic"}
+    here = is_here(best, out)
+    summary = {"study": study.study_name, "direction": study.direction.name.lower(), "best_trial": best.number,
+               "value": best.value, "params": best.params, "derived": best.user_attrs.get("derived", {}),
+               "run_dir": str((out / best.user_attrs["run_dir"]).resolve()) if "run_dir" in best.user_attrs else None,
+               "bundle": str((out / bundle).resolve()) if bundle and here else None, "trials": states,
+               "ran_on": best.user_attrs.get("worker"),
+               "note": "research use only; phantom-data results are synthetic"}
+    if bundle and not here:
+        summary["elsewhere"] = (f"the best trial ran on {where_ran(best)} with another --out: its bundle is "
+                                f"{best.user_attrs['run_dir']}/bundle under that worker's --out; copy it here or run "
+                                "`cxr tune report` there")
+    return summary
 
 
 def top_trials(out: str | Path, k: int, storage: str | None = None, study_name: str | None = None) -> list[dict]:
@@ -51,11 +70,14 @@ def top_trials(out: str | Path, k: int, storage: str | None = None, study_name: 
         raise TuneError(f"--top-k must be >= 1, got {k}")
     out = Path(out)
     study = load_study(out, storage, study_name)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("bundle")
-                and (out / t.user_attrs["bundle"] / "model.safetensors").is_file()]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("bundle")]
+    complete = [t for t in done if (out / t.user_attrs["bundle"] / "model.safetensors").is_file()]
     if len(complete) < k:
+        away = len(done) - len(complete)
         raise TuneError(f"study {study.study_name!r} in {out} has {len(complete)} complete trials with a bundle, "
-                        f"fewer than --top-k {k}; lower --top-k or run more trials")
+                        f"fewer than --top-k {k}; lower --top-k or run more trials"
+                        + (f" ({away} more ran under another worker's --out: put the workers' --out on one shared "
+                           "file system, or copy their trials/ folders here)" if away else ""))
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     best = sorted(complete, key=lambda t: (sign * t.value, t.number))[:k]
     return [{"number": t.number, "value": t.value, "params": t.params, "bundle": str(out / t.user_attrs["bundle"])}
@@ -89,7 +111,8 @@ def _curves(study, out: Path):
         return None
     cols = min(4, len(trials))
     rows = math.ceil(len(trials) / cols)
-    titles = [f"trial {t.number} ({t.state.name.lower()})" for t in trials]
+    titles = [f"trial {t.number} ({t.state.name.lower()}{'' if is_here(t, out) else ', ran on ' + where_ran(t)})"
+              for t in trials]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, specs=[[{"secondary_y": True}] * cols] * rows)
     for i, t in enumerate(trials):
         hist = Path(out) / t.user_attrs["run_dir"] / "history.jsonl"
@@ -121,9 +144,18 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     summary = best_summary(study, out)
     if summary["bundle"]:
         summary["best_bundle"] = str(_copy_best_bundle(Path(summary["bundle"]), out / BEST_BUNDLE).resolve())
+    elif (out / BEST_BUNDLE).is_dir():  # an earlier best's copy, no longer the best: never leave it to be deployed
+        import shutil
+
+        shutil.rmtree(out / BEST_BUNDLE)
     atomic_write_json(out / BEST_JSON, summary)
 
-    figures, notes = [], []
+    figures, notes = [], [summary["elsewhere"]] if "elsewhere" in summary else []
+    away = [t for t in study.trials if t.state in finished_states() and not is_here(t, out)]
+    if away:
+        hosts = sorted({where_ran(t).split(" pid ")[0] for t in away})
+        notes.append(f"{len(away)} finished trials ran under another --out (hosts {', '.join(hosts)}): their "
+                     "learning curves are empty here; the table and the Optuna figures include them")
     makers = [("Optimisation history", vis.plot_optimization_history),
               ("Parameter importances", vis.plot_param_importances),
               ("Intermediate values (the metric the pruner saw)", vis.plot_intermediate_values),
@@ -146,6 +178,8 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     table = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
     rows_html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
                               classes="trials")
+    derived_html = (f" (derived <code>{html.escape(json.dumps(summary['derived']))}</code>)"
+                    if summary.get("derived") else "")
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cxr tune: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table.trials{{border-collapse:collapse;font-size:12px}}
@@ -153,7 +187,7 @@ table.trials td,table.trials th{{border:1px solid #ccc;padding:2px 6px}} .notice
 <h1>Study {html.escape(study.study_name)}</h1>
 <p class="notice">Research use only. Results on phantom data are synthetic.</p>
 <p>Best trial {summary['best_trial']}: {html.escape(study.direction.name.lower())} value {summary['value']:.4f};
-params <code>{html.escape(json.dumps(summary['params']))}</code>;
+params <code>{html.escape(json.dumps(summary['params']))}</code>{derived_html};
 bundle <code>{html.escape(str(summary['bundle']))}</code>.
 Trials by state: <code>{html.escape(json.dumps(summary['trials']))}</code>.</p>
 <ul>{notes_html}</ul>
@@ -164,4 +198,4 @@ Trials by state: <code>{html.escape(json.dumps(summary['trials']))}</code>.</p>
     return summary
 
 
-__all__ = ["load_study", "best_summary", "top_trials", "write_report"]
+__all__ = ["load_study", "best_summary", "is_here", "top_trials", "where_ran", "write_report"]

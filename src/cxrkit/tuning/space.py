@@ -73,6 +73,7 @@ class SearchSpace:
     pruner: str = "median"
     pruner_startup_trials: int = 3
     pruner_warmup_epochs: int = 1
+    effective_batch: int | None = None  # batch_size x accum_steps held fixed: accum_steps follows batch_size
 
     @property
     def direction(self) -> str:
@@ -81,6 +82,13 @@ class SearchSpace:
     @property
     def select(self) -> str:
         return METRICS[self.metric][1]
+
+    def derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Keys that follow from a trial's parameters: ``accum_steps`` when the study fixes the effective batch."""
+        if self.effective_batch is None:
+            return {}
+        batch = int(params.get("batch_size", self.fixed.get("batch_size", TrainConfig.batch_size)))
+        return {"accum_steps": self.effective_batch // batch}
 
     def grid(self) -> dict[str, list]:
         return {p.name: list(p.grid_values()) for p in self.params}
@@ -93,11 +101,13 @@ class SearchSpace:
 
     def to_dict(self) -> dict:
         """A plain, JSON-comparable form (stored on the study so a rerun with a changed file is refused)."""
+        extra = {} if self.effective_batch is None else {"effective_batch": self.effective_batch}  # older studies match
         return json.loads(json.dumps({
             "params": [{k: getattr(p, k) for k in ("name", "kind", "low", "high", "log", "step", "choices", "grid")}
                        for p in self.params],
             "fixed": self.fixed, "metric": self.metric, "pruner": self.pruner,
-            "pruner_startup_trials": self.pruner_startup_trials, "pruner_warmup_epochs": self.pruner_warmup_epochs}))
+            "pruner_startup_trials": self.pruner_startup_trials, "pruner_warmup_epochs": self.pruner_warmup_epochs,
+            **extra}))
 
 
 def read_space(path: str | Path) -> SearchSpace:
@@ -139,10 +149,11 @@ def parse_space(data: dict) -> SearchSpace:
         raise SpaceError(f"keys {both} are both fixed and searched; keep each in one table")
     params = tuple(_param(name, spec) for name, spec in raw.items())
 
-    unknown_study = sorted(set(study) - {"metric", "pruner", "pruner_startup_trials", "pruner_warmup_epochs"})
+    unknown_study = sorted(set(study) - {"metric", "pruner", "pruner_startup_trials", "pruner_warmup_epochs",
+                                         "effective_batch"})
     if unknown_study:
         raise SpaceError(f"[study] has unknown keys {unknown_study}; known: metric, pruner, pruner_startup_trials, "
-                         "pruner_warmup_epochs")
+                         "pruner_warmup_epochs, effective_batch")
     metric = study.get("metric", "val_mean_auroc")
     if metric not in METRICS:
         raise SpaceError(f"[study] metric must be one of {sorted(METRICS)}, got {metric!r}")
@@ -155,7 +166,8 @@ def parse_space(data: dict) -> SearchSpace:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpaceError(f"[study] {key} must be an integer >= 0, got {value!r}")
         counts[key] = value
-    space = SearchSpace(params, fixed, metric, pruner, **counts)
+    effective_batch = _effective_batch(study.get("effective_batch"), fixed, params)
+    space = SearchSpace(params, fixed, metric, pruner, **counts, effective_batch=effective_batch)
     _check_configs(space)
     return space
 
@@ -197,6 +209,35 @@ def _param(name: str, spec: Any) -> Param:
     return Param(name, kind, low=low, high=high, log=log, step=step, grid=grid)
 
 
+def _effective_batch(value: Any, fixed: dict, params: tuple[Param, ...]) -> int | None:
+    """``[study] effective_batch``: batch size x accumulation searched at a fixed effective batch (a larger
+    micro-batch means fewer accumulation steps, the same optimiser steps per epoch), so the search compares
+    memory/speed trade-offs, not different optimisation problems."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpaceError(f"[study] effective_batch must be an integer >= 1, got {value!r}")
+    searched = {p.name: p for p in params}
+    if "accum_steps" in fixed or "accum_steps" in searched:
+        raise SpaceError("[study] effective_batch sets accum_steps (effective_batch / batch_size); remove "
+                         "accum_steps from [fixed]/[params]")
+    if "batch_size" in searched:
+        p = searched["batch_size"]
+        if p.kind == "float":
+            raise SpaceError("batch_size must be an int or a list of ints with effective_batch")
+        if p.kind == "int":
+            sizes = tuple(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+        else:
+            sizes = p.choices + p.grid
+    else:
+        sizes = (fixed.get("batch_size", TrainConfig.batch_size),)
+    bad = [b for b in sizes if not isinstance(b, int) or isinstance(b, bool) or b < 1 or value % b]
+    if bad:
+        raise SpaceError(f"[study] effective_batch = {value} is not a whole multiple of batch_size {bad}; choose "
+                         f"batch sizes that divide it (e.g. choices = [8, 16, 32] for 32)")
+    return value
+
+
 def _check_configs(space: SearchSpace) -> None:
     """Every range end and choice must make a valid TrainConfig together with the fixed keys."""
     base = {**space.fixed, "cache": "<cache>", "out": "<out>"}
@@ -207,7 +248,7 @@ def _check_configs(space: SearchSpace) -> None:
     for p in space.params:
         for value in p.examples():
             try:
-                TrainConfig.from_dict({**base, p.name: value}).validate()
+                TrainConfig.from_dict({**base, p.name: value, **space.derived({p.name: value})}).validate()
             except (ConfigError, TypeError, ValueError) as exc:
                 raise SpaceError(f"parameter {p.name!r} = {value!r}: {exc}") from None
 

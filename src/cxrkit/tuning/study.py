@@ -163,7 +163,8 @@ def trial_config(spec: TuneSpec, params: dict[str, Any], run_dir: Path):
     from cxrkit.training.config import TrainConfig
 
     # trials skip the ONNX export: only the chosen one is deployed (`cxr export BUNDLE --int8` then)
-    data = {"seed": spec.seed, "quiet": True, "export": False, **spec.space.fixed, **params, "cache": str(spec.cache),
+    data = {"seed": spec.seed, "quiet": True, "export": False, **spec.space.fixed, **params,
+            **spec.space.derived(params), "cache": str(spec.cache),
             "out": str(run_dir), "select": spec.space.select}
     return TrainConfig.from_dict(data).validate()
 
@@ -198,6 +199,8 @@ def run_study(spec: TuneSpec):
         run_dir = out / TRIALS / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
         trial.set_user_attr("worker", where)
+        if spec.space.derived(params):
+            trial.set_user_attr("derived", spec.space.derived(params))
         cfg = trial_config(spec, params, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "trial.json", {"number": trial.number, "params": params, **where})
