@@ -61,3 +61,36 @@ def test_node_heatmaps_come_from_the_graph(exported, tmp_path, monkeypatch):
     maps = proc._heatmaps(image, names, out["cam"][0])
     for name in names:
         assert np.abs(maps[name] - ref[name]).max() < 1e-4
+
+
+@pytest.mark.parametrize("crop", [None, (slice(0, 837), slice(None))])
+def test_boxes_from_box_size_maps_match_the_full_size_maps(exported, shared_data, crop):
+    """`cxr predict` makes the graph's maps at most BOX_SIDE px and scales the boxes to the film, instead of
+    upsampling each map to the full film first: on a real 1024-px film (and a non-square crop of it) the boxes
+    agree with the full-size extraction within one map pixel (4 film pixels), up to a rare threshold-edge case."""
+    from cxrkit.data.decode import read_image
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.explain.boxes import iou
+    from cxrkit.explain.cam import maps_from_graph
+    from cxrkit.explain.finding_boxes import BoxParams, box_map_shape, boxes_with
+
+    image = read_image(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
+    image = np.ascontiguousarray(image[crop]) if crop else image
+    graph = load_predictor(exported, backend="onnx")
+    cam = graph.predict_full([image])["cam"][0]
+    classes = range(len(graph.label_names))
+    full = maps_from_graph(graph, cam, classes, *image.shape)
+    small = maps_from_graph(graph, cam, classes, *box_map_shape(*image.shape))
+    assert small.shape[1:] == box_map_shape(*image.shape) and max(small.shape[1:]) == 256
+    diffs, pairs, mismatched = [], 0, 0
+    for threshold in (0.3, 0.5, 0.7):
+        params = BoxParams(threshold=threshold, min_area_frac=0.001, max_boxes=3)
+        for m_full, m_small in zip(full, small):
+            a, b = boxes_with(m_full, params), boxes_with(m_small, params, film_shape=image.shape)
+            mismatched += len(a) != len(b)
+            for x, y in zip(a, b):
+                pairs += 1
+                diffs += [abs(p - q) for p, q in zip(x[:4], y[:4])]
+                assert iou(x, y) > 0.8 and abs(x[4] - y[4]) < 0.01
+    assert pairs >= 10 and mismatched <= 1
+    assert np.mean(np.asarray(diffs) <= 4.01) >= 0.95 and np.median(diffs) <= 1.0

@@ -92,7 +92,9 @@ class _Maps:
                                    "outputs; pass the bundle directory, or --no-boxes")
         return self._torch
 
-    def __call__(self, image, names: list[str], cam) -> dict[str, np.ndarray]:
+    def __call__(self, image, names: list[str], cam, shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Maps covering the whole film, at ``shape`` (height, width) when given and the maps come from the graph's
+        class maps (the torch methods make them at the film's size)."""
         from cxrkit.explain.cam import concrete_method, explain_images, maps_from_graph
 
         if not names:
@@ -100,7 +102,7 @@ class _Maps:
         if cam is not None:
             self.method = "cam"
             idx = [self.predictor.label_names.index(n) for n in names]
-            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *image.shape)))
+            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *(shape or image.shape))))
         explainer = self.explainer()
         self.method = concrete_method(explainer)
         return explain_images(explainer, [image], names)[0]
@@ -225,19 +227,22 @@ def _add_maps(row, predictor, make_maps, image, out, j, positives, boxes: bool, 
     """Boxes (``boxes``: {finding: [[x, y, w, h, score]...]} in the film's pixels, positive findings only;
     ``box_method``) and heatmap figures (the positive findings, or the most likely one so every film gets a map
     to look at)."""
-    from cxrkit.explain.finding_boxes import boxes_for
+    from cxrkit.explain.finding_boxes import box_map_shape, boxes_for
 
     probs = out["probs"][j]
     positive = [predictor.label_names[i] for i in np.flatnonzero(positives)]
     shown = positive or ([predictor.label_names[int(np.argmax(probs))]] if heatmaps is not None else [])
+    # boxes alone need no full-size map: at most BOX_SIDE px, boxes scaled to the film (figures need full size)
+    shape = None if heatmaps is not None else box_map_shape(*image.shape)
     try:
-        maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None)
+        maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None, shape)
     except PredictError:
         raise
     except CxrError as exc:  # e.g. a map method whose optional package is missing: the prediction still stands
         log.warning("no evidence maps for %s: %s", row["path"], exc)
         positive, shown, maps = [], [], {}
-    found = {n: [list(b) for b in boxes_for(predictor, n, maps[n], make_maps.method)] for n in positive}
+    found = {n: [list(b) for b in boxes_for(predictor, n, maps[n], make_maps.method, film_shape=image.shape)]
+             for n in positive}
     if boxes:
         row["boxes"] = found
         row["box_method"] = make_maps.method if positive else None
