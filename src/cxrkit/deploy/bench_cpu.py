@@ -164,6 +164,8 @@ def repeated_report(bundle: str | Path, workdir: str | Path, *, images: str | Pa
     for b, ms in runs.items():
         report["backends"][b]["runtime"] = ms[0]["runtime"]
         report["backends"][b]["rounds_p50_ms"] = [round(m["p50_ms"], 2) for m in ms]
+        # every round's figures as measured: a round whose load changed shows up here, not only in the spread
+        report["backends"][b]["per_round"] = [{k: round(m[k], 3) for k in METRICS if k in m} for m in ms]
     base = "onnx-fp32" if "onnx-fp32" in runs else backends[0]
     report["speedup_p50_vs"] = base
     report["speedup_p50"] = {b: _summary([runs[base][r]["p50_ms"] / runs[b][r]["p50_ms"] for r in range(rounds)])
