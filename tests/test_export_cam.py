@@ -2,6 +2,8 @@
 node uses it (no second, torch, forward for heatmaps)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,21 @@ def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, share
             if want:
                 np.testing.assert_allclose(np.asarray(row["boxes"][name]), np.asarray(want), atol=1e-3)
     assert found >= 3
+
+
+def test_predict_heatmaps_from_the_graph_in_a_worker(exported, shared_data, tmp_path):
+    """Heatmap figures from the graph's maps are written by the worker pool too: every good film gets its figures
+    (full-size maps), named after its row, and the boxes drawn on them are the row's."""
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.deploy.predict import predict_files
+
+    graph = load_predictor(exported, backend="onnx")
+    films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:2]
+    paths = [*films, shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm"]
+    rows = predict_files(graph, paths, batch_size=2, workers=2, gate=None, heatmaps=tmp_path / "maps")
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    for row in rows:
+        assert row["status"] == "ok" and row["heatmaps"], row
+        for figure in row["heatmaps"]:
+            assert Path(figure).is_file() and Path(figure).name.startswith(f"{row['index']:06d}_")
+        assert set(row["boxes"]) == set(row["findings"])
