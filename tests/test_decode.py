@@ -77,6 +77,27 @@ def test_real_nih_png_grey_and_rgba(shared_data):
     np.testing.assert_array_equal(image, rgba[..., 0])
 
 
+
+def test_colourfulness_is_measured_while_decoding_colour_files(shared_data, tmp_path):
+    """Colour PNG/JPEG files get ``colourfulness`` from the decoder (so the quality checks need not decode them a
+    second time): close to the full-resolution figure of a second colour decode, ~0 for NIH's grey-as-RGBA films,
+    and absent for grey files."""
+    from cxrkit.deploy.quality_features import file_colourfulness
+
+    _, meta = read_image_with_meta(nih_png(shared_data, "00000075_000.png")[0])
+    assert "colourfulness" not in meta
+    path, _ = nih_png(shared_data, "00000100_000.png")
+    _, meta = read_image_with_meta(path)
+    assert meta["colourfulness"] == pytest.approx(0.0, abs=1e-6) == file_colourfulness(path.read_bytes())
+    rng = np.random.default_rng(0)
+    photo = cv2.normalize(cv2.GaussianBlur(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8), (0, 0), 6), None,
+                          0, 255, cv2.NORM_MINMAX)
+    for suffix in (".png", ".jpg"):
+        cv2.imwrite(str(tmp_path / f"photo{suffix}"), photo)
+        _, meta = read_image_with_meta(tmp_path / f"photo{suffix}")
+        full = file_colourfulness((tmp_path / f"photo{suffix}").read_bytes())
+        assert full > 30 and meta["colourfulness"] == pytest.approx(full, rel=0.02)
+
 # -- PNG/JPEG colour types and bit depths -----------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P"])
 def test_png_8bit_modes_become_luma(tmp_path, mode):

@@ -174,3 +174,28 @@ def test_contact_sheet_escapes_and_lists_errors():
     ])
     assert "&lt;x&gt;.png" in page and 'src="x/Mass.png"' in page and "not a DICOM" in page
     assert "Research use only" in page
+
+
+def test_boxes_of_a_box_size_map_come_back_in_the_films_pixels():
+    from cxrkit.explain.finding_boxes import DEFAULT_PARAMS, box_map_shape, boxes_with
+
+    film = (837, 1024)  # not square: each axis has its own factor
+    small_shape = box_map_shape(*film)
+    assert max(small_shape) == 256 and small_shape == (209, 256)
+    assert box_map_shape(200, 100) == (200, 100)  # small films keep their size
+
+    def rect(shape, scale):
+        heat = np.zeros(shape, np.float32)
+        y0, y1, x0, x1 = (round(v * scale) for v in (200, 520, 300, 700))  # in film pixels
+        heat[y0:y1, x0:x1] = 0.9
+        return heat
+
+    full = boxes_with(rect(film, 1.0), DEFAULT_PARAMS)
+    small = boxes_with(rect(small_shape, 256 / 1024), DEFAULT_PARAMS, film_shape=film)
+    assert len(full) == len(small) == 1
+    # one map pixel is 4 film pixels across (1024 / 256) and 837 / 209 down
+    assert np.allclose(full[0][:4], (300, 200, 400, 320), atol=4.01)
+    assert np.allclose(small[0][:4], full[0][:4], atol=4.01)
+    assert small[0][4] == full[0][4]
+    with pytest.raises(ExplainError, match="film_shape"):
+        boxes_with(rect(small_shape, 0.25), DEFAULT_PARAMS, film_shape=(0, 1024))

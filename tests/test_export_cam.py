@@ -2,6 +2,8 @@
 node uses it (no second, torch, forward for heatmaps)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,99 @@ def test_node_heatmaps_come_from_the_graph(exported, tmp_path, monkeypatch):
     maps = proc._heatmaps(image, names, out["cam"][0])
     for name in names:
         assert np.abs(maps[name] - ref[name]).max() < 1e-4
+
+
+@pytest.mark.parametrize("crop", [None, (slice(0, 837), slice(None))])
+def test_boxes_from_box_size_maps_match_the_full_size_maps(exported, shared_data, crop):
+    """`cxr predict` makes the graph's maps at most BOX_SIDE px and scales the boxes to the film, instead of
+    upsampling each map to the full film first: on a real 1024-px film (and a non-square crop of it) the boxes
+    agree with the full-size extraction within one map pixel (4 film pixels), up to a rare threshold-edge case."""
+    from cxrkit.data.decode import read_image
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.explain.boxes import iou
+    from cxrkit.explain.cam import maps_from_graph
+    from cxrkit.explain.finding_boxes import BoxParams, box_map_shape, boxes_with
+
+    image = read_image(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
+    image = np.ascontiguousarray(image[crop]) if crop else image
+    graph = load_predictor(exported, backend="onnx")
+    cam = graph.predict_full([image])["cam"][0]
+    classes = range(len(graph.label_names))
+    full = maps_from_graph(graph, cam, classes, *image.shape)
+    small = maps_from_graph(graph, cam, classes, *box_map_shape(*image.shape))
+    assert small.shape[1:] == box_map_shape(*image.shape) and max(small.shape[1:]) == 256
+    diffs, pairs, mismatched = [], 0, 0
+    for threshold in (0.3, 0.5, 0.7):
+        params = BoxParams(threshold=threshold, min_area_frac=0.001, max_boxes=3)
+        for m_full, m_small in zip(full, small):
+            a, b = boxes_with(m_full, params), boxes_with(m_small, params, film_shape=image.shape)
+            mismatched += len(a) != len(b)
+            for x, y in zip(a, b):
+                pairs += 1
+                diffs += [abs(p - q) for p, q in zip(x[:4], y[:4])]
+                assert iou(x, y) > 0.8 and abs(x[4] - y[4]) < 0.01
+    assert pairs >= 10 and mismatched <= 1
+    assert np.mean(np.asarray(diffs) <= 4.01) >= 0.95 and np.median(diffs) <= 1.0
+
+
+def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, shared_data, tmp_path):
+    """With the graph's class maps, `cxr predict` finds a batch's boxes in the worker pool while the network runs
+    the next batch: every batch still comes out whole, in input order, with the boxes of each film's positive
+    findings (at most BOX_SIDE-px maps, in the film's pixels) and error rows in place."""
+    import shutil
+
+    from cxrkit.bundle import read_bundle_config, write_bundle_config
+    from cxrkit.data.decode import read_image
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.deploy.predict import iter_predictions
+    from cxrkit.explain.cam import maps_from_graph
+    from cxrkit.explain.finding_boxes import box_map_shape, boxes_for
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported, bundle)
+    cfg = read_bundle_config(bundle)
+    cfg["thresholds"] = {n: (0.0 if n in ("Effusion", "Mass") else 1.01) for n in cfg["label_names"]}
+    write_bundle_config(bundle, cfg)
+    graph = load_predictor(bundle, backend="onnx")
+    films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:3]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = [films[0], tmp_path / "bad.png", shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm", *films[1:]]
+    batches = list(iter_predictions(graph, paths, batch_size=2, workers=2, gate=None, progress=False))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    rows = [r for b in batches for r in b]
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert rows[1]["status"] == "error" and "boxes" not in rows[1]
+    found = 0
+    for row, path in zip(rows, paths):
+        if row["status"] != "ok":
+            continue
+        image = read_image(path)
+        cam = graph.predict_full([image])["cam"][0]
+        assert row["box_method"] == "cam" and set(row["boxes"]) == {"Effusion", "Mass"}
+        for name in ("Effusion", "Mass"):
+            idx = graph.label_names.index(name)
+            small = maps_from_graph(graph, cam, [idx], *box_map_shape(*image.shape))[0]
+            want = boxes_for(graph, name, small, "cam", film_shape=image.shape)
+            assert len(row["boxes"][name]) == len(want)
+            found += len(want)
+            if want:
+                np.testing.assert_allclose(np.asarray(row["boxes"][name]), np.asarray(want), atol=1e-3)
+    assert found >= 3
+
+
+def test_predict_heatmaps_from_the_graph_in_a_worker(exported, shared_data, tmp_path):
+    """Heatmap figures from the graph's maps are written by the worker pool too: every good film gets its figures
+    (full-size maps), named after its row, and the boxes drawn on them are the row's."""
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.deploy.predict import predict_files
+
+    graph = load_predictor(exported, backend="onnx")
+    films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:2]
+    paths = [*films, shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm"]
+    rows = predict_files(graph, paths, batch_size=2, workers=2, gate=None, heatmaps=tmp_path / "maps")
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    for row in rows:
+        assert row["status"] == "ok" and row["heatmaps"], row
+        for figure in row["heatmaps"]:
+            assert Path(figure).is_file() and Path(figure).name.startswith(f"{row['index']:06d}_")
+        assert set(row["boxes"]) == set(row["findings"])

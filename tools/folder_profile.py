@@ -27,6 +27,8 @@ def main() -> None:
     pred = load_predictor(a.bundle, a.backend, precision="fp32", threads=a.threads,
                           **({} if a.backend == "torch" else {"onnx_file": str(Path(a.bundle) / "model.onnx")}))
     n = min(24, len(paths))
+    for p in paths[:2]:  # the first decodes import the decoders (pydicom...): not per-film time
+        _decode_and_prepare(p, pred, None)
     t = time.perf_counter()
     for p in paths[:n]:
         _safe_decode(p)

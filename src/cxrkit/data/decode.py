@@ -38,6 +38,7 @@ from cxrkit.data.decode_core import (  # noqa: F401 (the public decoding API is 
     empty_meta, parse_jpeg_header, read_file_bytes, read_header, robust_window, scale_to_uint8, sniff_format, to_grey,
 )
 from cxrkit.data.errors import ImageError
+from cxrkit.data.intensity import sampled_colourfulness
 
 
 def _decode_raster(data: bytes, header: ImageHeader, where: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -57,6 +58,9 @@ def _decode_raster(data: bytes, header: ImageHeader, where: str) -> tuple[np.nda
         image, mapping = robust_window(grey), "percentile"
     meta = empty_meta(header.format)
     meta.update(photometric=header.colour, bits_stored=header.bits, mapping=mapping)
+    if arr.ndim == 3 and arr.shape[2] >= 3 and header.colour not in ("grey", "grey+alpha"):
+        # measured on the colour pixels already decoded: the quality checks would otherwise decode the file again
+        meta["colourfulness"] = sampled_colourfulness(arr, "bgr")
     return np.ascontiguousarray(image), meta
 
 
@@ -108,8 +112,9 @@ def read_image_with_meta(path: os.PathLike | str,
     Keys: ``view``, ``sex``, ``age`` (years), ``pixel_spacing`` ((row_mm, col_mm) or None), ``modality``,
     ``body_part``, ``photometric``, ``bits_stored``, ``source_format`` ("png"/"jpeg"/"dicom"), ``frames``
     (frames in the file; the image is frame 0) and ``mapping`` (how intensities became uint8: "identity",
-    "scaled", "window", "voi_lut" or "percentile"). Header fields are None for PNG/JPEG. Never any patient
-    name, ID or birth date.
+    "scaled", "window", "voi_lut" or "percentile"). Header fields are None for PNG/JPEG. Colour PNG/JPEG files
+    also get ``colourfulness`` (Hasler-Suesstrunk, measured before the grey conversion; ~0 for grey data stored
+    as colour). Never any patient name, ID or birth date.
     """
     limits = limits or DecodeLimits()
     data = read_file_bytes(path, limits)

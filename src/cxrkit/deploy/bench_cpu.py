@@ -7,8 +7,9 @@ of each figure, plus per-round ratios (a ratio of two processes of the same roun
 
 Per backend and round (:func:`measure`): single-film latency through the whole predictor (read + decode + model),
 the model-alone batch ceiling (the network on already decoded, already fitted films), folder throughput of
-``cxr predict``'s pipeline on a folder of full-size films (decoding overlapped with the network), and the peak RSS
-of the process. Run as ``python -m cxrkit.deploy.bench_cpu`` by :func:`repeated_report`.
+``cxr predict``'s pipeline on a folder of full-size films (decoding overlapped with the network), with boxes (the
+default) and without, the CPU time per film of the ceiling and of each folder run, the peak RSS of the process and
+the 1-minute load average when it ends. Run as ``python -m cxrkit.deploy.bench_cpu`` by :func:`repeated_report`.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("p50_ms", "p99_ms", "ceiling_img_per_s", "folder_img_per_s", "folder_vs_ceiling", "rss_peak_mb",
-           "load_s")
+METRICS = ("p50_ms", "p99_ms", "ceiling_img_per_s", "folder_img_per_s", "folder_vs_ceiling",
+           "folder_no_boxes_img_per_s", "folder_no_boxes_vs_ceiling", "ceiling_cpu_ms", "folder_cpu_ms",
+           "folder_no_boxes_cpu_ms", "rss_peak_mb", "load_s", "load_1m")
 
 
 def _rss_peak_mb() -> float:
@@ -73,16 +75,23 @@ def measure(bundle: str, backend: str, fp32: str, int8: str, images: list[str], 
         from cxrkit.data.transforms import fit_square
 
         films = [d[0] for d in map(_safe_decode, folder) if not isinstance(d, Exception)]
-        out["ceiling_img_per_s"] = batch_ceiling(pred, np.stack([fit_square(f, pred.preresize)[0] for f in films]),
-                                                 batch_size)
+        squares = np.stack([fit_square(f, pred.preresize)[0] for f in films])
         del films
+        cpu = time.process_time()
+        out["ceiling_img_per_s"] = batch_ceiling(pred, squares, batch_size)
+        # CPU time of every thread of the process per film: on a shared machine, a figure that the other
+        # processes' share of the cores does not change (wall-clock rates do)
+        out["ceiling_cpu_ms"] = 1000 * (time.process_time() - cpu) / (len(squares) + batch_size)
         predict_files(pred, folder[:batch_size], batch_size=batch_size)  # warm-up of the pipeline
-        t = time.perf_counter()
-        rows = predict_files(pred, folder, batch_size=batch_size)
-        out["folder_img_per_s"] = len(folder) / (time.perf_counter() - t)
+        for boxes, key in ((True, "folder"), (False, "folder_no_boxes")):
+            t, cpu = time.perf_counter(), time.process_time()
+            rows = predict_files(pred, folder, batch_size=batch_size, boxes=boxes)
+            out[f"{key}_img_per_s"] = len(folder) / (time.perf_counter() - t)
+            out[f"{key}_cpu_ms"] = 1000 * (time.process_time() - cpu) / len(folder)
+            out[f"{key}_vs_ceiling"] = out[f"{key}_img_per_s"] / out["ceiling_img_per_s"]
         out["folder_errors"] = sum(r["status"] != "ok" for r in rows)
-        out["folder_vs_ceiling"] = out["folder_img_per_s"] / out["ceiling_img_per_s"]
     out["rss_peak_mb"] = _rss_peak_mb()
+    out["load_1m"] = os.getloadavg()[0]
     out["runtime"] = pred.runtime()
     return out
 
@@ -146,13 +155,17 @@ def repeated_report(bundle: str | Path, workdir: str | Path, *, images: str | Pa
             m = runs[b][-1]
             progress(f"round {r + 1}/{rounds} {b}: p50 {m['p50_ms']:.1f} ms, ceiling "
                      f"{m.get('ceiling_img_per_s', float('nan')):.1f} img/s, folder "
-                     f"{m.get('folder_img_per_s', float('nan')):.1f} img/s, RSS {m['rss_peak_mb']:.0f} MB")
+                     f"{m.get('folder_img_per_s', float('nan')):.1f} img/s ("
+                     f"{m.get('folder_no_boxes_img_per_s', float('nan')):.1f} without boxes), RSS "
+                     f"{m['rss_peak_mb']:.0f} MB, load {m['load_1m']:.2f}")
     report["load_after"] = os.getloadavg()
     report["backends"] = {b: {k: _summary([m[k] for m in ms]) for k in METRICS if k in ms[0]}
                           for b, ms in runs.items()}
     for b, ms in runs.items():
         report["backends"][b]["runtime"] = ms[0]["runtime"]
         report["backends"][b]["rounds_p50_ms"] = [round(m["p50_ms"], 2) for m in ms]
+        # every round's figures as measured: a round whose load changed shows up here, not only in the spread
+        report["backends"][b]["per_round"] = [{k: round(m[k], 3) for k in METRICS if k in m} for m in ms]
     base = "onnx-fp32" if "onnx-fp32" in runs else backends[0]
     report["speedup_p50_vs"] = base
     report["speedup_p50"] = {b: _summary([runs[base][r]["p50_ms"] / runs[b][r]["p50_ms"] for r in range(rounds)])
@@ -167,12 +180,16 @@ def markdown(report: dict[str, Any]) -> str:
         return "n/a" if s is None else f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
     lines = [f"| backend | single p50 ms | speed-up vs {report['speedup_p50_vs']} | batch ceiling img/s | folder img/s "
-             "| folder / ceiling | peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| folder / ceiling | folder / ceiling, no boxes | CPU ms/film: ceiling, folder, no boxes | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for b in report["backends"]:
         sp = report["speedup_p50"][b]
+        cpu = ", ".join(f"{report['backends'][b][k]['median']:.0f}" if k in report["backends"][b] else "n/a"
+                        for k in ("ceiling_cpu_ms", "folder_cpu_ms", "folder_no_boxes_cpu_ms"))
         lines.append(f"| {b} | {cell(b, 'p50_ms', '.1f')} | {sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f}) | "
                      f"{cell(b, 'ceiling_img_per_s', '.1f')} | {cell(b, 'folder_img_per_s', '.1f')} | "
-                     f"{cell(b, 'folder_vs_ceiling', '.2f')} | {cell(b, 'rss_peak_mb', '.0f')} |")
+                     f"{cell(b, 'folder_vs_ceiling', '.2f')} | {cell(b, 'folder_no_boxes_vs_ceiling', '.2f')} | "
+                     f"{cpu} | {cell(b, 'rss_peak_mb', '.0f')} |")
     return "\n".join(lines)
 
 

@@ -77,7 +77,7 @@ class _Maps:
     when the predictor is an exported graph without them)."""
 
     def __init__(self, predictor):
-        self.predictor, self._torch, self.method = predictor, None, None
+        self.predictor, self._torch = predictor, None
 
     def explainer(self):
         if self._torch is None:
@@ -92,18 +92,19 @@ class _Maps:
                                    "outputs; pass the bundle directory, or --no-boxes")
         return self._torch
 
-    def __call__(self, image, names: list[str], cam) -> dict[str, np.ndarray]:
+    def __call__(self, image, names: list[str], cam,
+                 shape: tuple[int, int] | None = None) -> tuple[str | None, dict[str, np.ndarray]]:
+        """(method, {finding: map}): maps covering the whole film, at ``shape`` (height, width) when given and the
+        maps come from the graph's class maps (the torch methods make them at the film's size)."""
         from cxrkit.explain.cam import concrete_method, explain_images, maps_from_graph
 
         if not names:
-            return {}
+            return None, {}
         if cam is not None:
-            self.method = "cam"
             idx = [self.predictor.label_names.index(n) for n in names]
-            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *image.shape)))
+            return "cam", dict(zip(names, maps_from_graph(self.predictor, cam, idx, *(shape or image.shape))))
         explainer = self.explainer()
-        self.method = concrete_method(explainer)
-        return explain_images(explainer, [image], names)[0]
+        return concrete_method(explainer), explain_images(explainer, [image], names)[0]
 
 
 def _heatmaps(image, maps: dict, probs: np.ndarray, names: list[str], label_names, boxes: dict, out_dir: Path,
@@ -177,6 +178,14 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     task = (lambda p: _decode_and_prepare(p, predictor, gate)) if prepare else _safe_decode
     window = max(1, batch_size) * 2
     make_maps = _Maps(predictor)
+    ready, maps_done = None, None  # a batch's rows wait for their boxes until the next batch has been run
+
+    def ready_rows(batch):
+        rows, done = batch
+        if done is not None:
+            done.result()  # raises what the box step raised
+        return rows
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         pending = [pool.submit(task, p) for p in paths[:window]]
@@ -203,6 +212,7 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                     out = predictor.predict_full(images, batch_size=batch_size)
                     verdicts = quality_verdicts(gate, images, metas, out)
                 pos = predictor.positives(out["probs"])
+                maps_of = []
                 for j, (k, (image, meta, *_)) in enumerate(good):
                     row = rows[k]
                     row.update({
@@ -215,35 +225,56 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                     if "input_warning" in out:
                         row["input_warning"] = str(out["input_warning"][j])
                     if boxes or heatmaps is not None:
-                        _add_maps(row, predictor, make_maps, image, out, j, pos[j], boxes, heatmaps,
-                                  f"{row['index']:06d}_{paths[start + k].stem}")
+                        maps_of.append((row, image, j, f"{row['index']:06d}_{paths[start + k].stem}"))
+                if maps_of:
+                    args = (maps_of, predictor, make_maps, out, pos, boxes, heatmaps)
+                    if "cam" in out:
+                        # the graph's class maps: boxes (one thread, ~1 ms a finding) in a worker while the network
+                        # runs the next batch, instead of the network waiting for them
+                        maps_done = pool.submit(_add_batch_maps, *args)
+                    else:  # the torch explainer runs its own threads; it stays on this thread
+                        _add_batch_maps(*args)
             bar.update(stop - start)
-            yield rows
+            if ready is not None:
+                yield ready_rows(ready)
+            ready = (rows, maps_done)
+            maps_done = None
+        if ready is not None:
+            yield ready_rows(ready)
+
+
+def _add_batch_maps(items, predictor, make_maps, out, pos, boxes: bool, heatmaps) -> None:
+    """:func:`_add_maps` for one batch's films, ``items`` = [(row, image, j, stem)]."""
+    for row, image, j, stem in items:
+        _add_maps(row, predictor, make_maps, image, out, j, pos[j], boxes, heatmaps, stem)
 
 
 def _add_maps(row, predictor, make_maps, image, out, j, positives, boxes: bool, heatmaps, stem) -> None:
     """Boxes (``boxes``: {finding: [[x, y, w, h, score]...]} in the film's pixels, positive findings only;
     ``box_method``) and heatmap figures (the positive findings, or the most likely one so every film gets a map
     to look at)."""
-    from cxrkit.explain.finding_boxes import boxes_for
+    from cxrkit.explain.finding_boxes import box_map_shape, boxes_for
 
     probs = out["probs"][j]
     positive = [predictor.label_names[i] for i in np.flatnonzero(positives)]
     shown = positive or ([predictor.label_names[int(np.argmax(probs))]] if heatmaps is not None else [])
+    # boxes alone need no full-size map: at most BOX_SIDE px, boxes scaled to the film (figures need full size)
+    shape = None if heatmaps is not None else box_map_shape(*image.shape)
     try:
-        maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None)
+        method, maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None, shape)
     except PredictError:
         raise
     except CxrError as exc:  # e.g. a map method whose optional package is missing: the prediction still stands
         log.warning("no evidence maps for %s: %s", row["path"], exc)
-        positive, shown, maps = [], [], {}
-    found = {n: [list(b) for b in boxes_for(predictor, n, maps[n], make_maps.method)] for n in positive}
+        positive, shown, maps, method = [], [], {}, None
+    found = {n: [list(b) for b in boxes_for(predictor, n, maps[n], method, film_shape=image.shape)]
+             for n in positive}
     if boxes:
         row["boxes"] = found
-        row["box_method"] = make_maps.method if positive else None
+        row["box_method"] = method if positive else None
     if heatmaps is not None:
         row["heatmaps"] = _heatmaps(image, maps, probs, shown, predictor.label_names, found if boxes else {},
-                                    heatmaps, stem, make_maps.method or "")
+                                    heatmaps, stem, method or "")
 
 
 # `cxr predict` exit codes (docs/deploy.md): every input predicted / some inputs failed / every input failed.

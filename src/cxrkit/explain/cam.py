@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,7 @@ def maps_from_outputs(model: torch.nn.Module, out: dict, method: str = "cam") ->
 def maps_from_graph(predictor, cam: np.ndarray, classes: Sequence[int], height: int, width: int) -> np.ndarray:
     """CAM maps at an image's original size (K x H x W, [0, 1]) from the ``cam`` output (C x h x w) of an exported
     graph for that image: the same normalisation, resize and un-padding as :func:`explain_images`."""
-    square = _to_square(torch.from_numpy(np.ascontiguousarray(cam[list(classes)], dtype=np.float32)),
-                        predictor.preresize)
+    square = _to_square_np(np.asarray(cam, dtype=np.float32)[list(classes)], predictor.preresize)
     fit = square_fit_geometry(height, width, predictor.preresize)
     return np.stack([unfit_map(m, fit, height, width).clip(0.0, 1.0) for m in square]) if len(square) else \
         np.zeros((0, height, width), np.float32)
@@ -83,6 +83,20 @@ def maps_from_graph(predictor, cam: np.ndarray, classes: Sequence[int], height: 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     return (maps / peak).clamp_(0.0, 1.0)
+
+
+def _to_square_np(maps: np.ndarray, size: int) -> np.ndarray:
+    """:func:`_to_square` for a few small maps already in numpy, with OpenCV (the same half-pixel bilinear
+    resize, within float rounding): called per film on a prediction service's model thread, where torch's
+    intra-op threads wait on each other behind the runtime's and the decoders' (measured on a loaded 2-core
+    machine: 7 ms a map with 2 torch threads, 0.07 ms with OpenCV)."""
+    if not len(maps):
+        return np.zeros((0, size, size), np.float32)
+    # cv2 resizes an h x w x K array in one call (K <= 512 channels)
+    square = cv2.resize(np.ascontiguousarray(maps.transpose(1, 2, 0)), (size, size), interpolation=cv2.INTER_LINEAR)
+    square = square.reshape(size, size, len(maps)).transpose(2, 0, 1)
+    peak = np.maximum(square.reshape(len(maps), -1).max(axis=1), np.float32(1e-12)).reshape(-1, 1, 1)
+    return np.clip(square / peak, 0.0, 1.0).astype(np.float32)
 
 
 def _to_square(maps: torch.Tensor, size: int) -> np.ndarray:

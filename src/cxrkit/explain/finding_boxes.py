@@ -5,7 +5,8 @@ Per finding and map method the bundle may store tuned parameters (``cxr tune-box
 split's ground-truth boxes): ``config["explain"]["boxes"][method][finding] = {"threshold", "min_area_frac",
 "max_boxes"}``. Without them the documented defaults apply (:data:`DEFAULT_PARAMS`). Boxes are found on the map
 brought to at most :data:`BOX_SIDE` px (connected components on a 1024-px map cost ~30 ms a finding; the maps are
-upsampled from a 5-28-cell grid, so nothing finer is lost) and returned in the map's own pixels.
+upsampled from a 5-28-cell grid, so nothing finer is lost) and returned in the map's own pixels, or in the film's
+when the map was made smaller than the film (``film_shape``; see :func:`box_map_shape`).
 """
 from __future__ import annotations
 
@@ -66,8 +67,18 @@ def map_method(source) -> str:
     return str(_explain_config(source).get("method") or "auto")
 
 
-def boxes_with(heatmap: np.ndarray, params: BoxParams) -> list[tuple[float, float, float, float, float]]:
-    """Up to ``params.max_boxes`` boxes ``(x, y, w, h, score)`` in the heatmap's pixels, hottest first."""
+def box_map_shape(height: int, width: int) -> tuple[int, int]:
+    """The (height, width) at which to make an H x W film's maps when they are only for boxes: the film brought to
+    at most :data:`BOX_SIDE` px, as :func:`boxes_with` would bring a full-size map, without ever making the
+    full-size map (upsampling a 7 x 7 grid to 1024 x 1024 costs ~10 ms a finding and adds nothing)."""
+    f = min(1.0, BOX_SIDE / max(height, width))
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def boxes_with(heatmap: np.ndarray, params: BoxParams,
+               film_shape: tuple[int, int] | None = None) -> list[tuple[float, float, float, float, float]]:
+    """Up to ``params.max_boxes`` boxes ``(x, y, w, h, score)``, hottest first, in the heatmap's pixels, or in the
+    pixels of a ``film_shape`` (height, width) film when the heatmap covers that whole film at another size."""
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2 or heatmap.size == 0:
         raise ExplainError(f"a heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
@@ -75,16 +86,23 @@ def boxes_with(heatmap: np.ndarray, params: BoxParams) -> list[tuple[float, floa
     small = heatmap if f == 1.0 else cv2.resize(
         heatmap, (max(1, round(heatmap.shape[1] * f)), max(1, round(heatmap.shape[0] * f))),
         interpolation=cv2.INTER_AREA)
+    # per-axis factors from the searched map to the output frame (a rounded side makes them differ slightly)
+    out_h, out_w = heatmap.shape if film_shape is None else (int(film_shape[0]), int(film_shape[1]))
+    if out_h < 1 or out_w < 1:
+        raise ExplainError(f"film_shape must be a positive (height, width), got {film_shape}")
+    fx, fy = out_w / small.shape[1], out_h / small.shape[0]
     min_area = max(1, int(round(params.min_area_frac * small.size)))
     found = boxes_from_heatmap(small, params.threshold, min_area)[:params.max_boxes]
-    return [(round(x / f, 2), round(y / f, 2), round(w / f, 2), round(h / f, 2), round(s, 4))
+    return [(round(x * fx, 2), round(y * fy, 2), round(w * fx, 2), round(h * fy, 2), round(s, 4))
             for x, y, w, h, s in found]
 
 
-def boxes_for(predictor, finding: str, heatmap: np.ndarray, method: str) -> list[tuple[float, ...]]:
-    """Boxes ``(x, y, w, h, score)`` (heatmap pixels, hottest first) for ``finding``'s ``method`` map, with the
-    bundle's tuned parameters for that finding and method, else :data:`DEFAULT_PARAMS`."""
-    return boxes_with(heatmap, box_params(predictor, finding, method)[0])
+def boxes_for(predictor, finding: str, heatmap: np.ndarray, method: str, *,
+              film_shape: tuple[int, int] | None = None) -> list[tuple[float, ...]]:
+    """Boxes ``(x, y, w, h, score)`` (hottest first; heatmap pixels, or ``film_shape``'s when given: see
+    :func:`boxes_with`) for ``finding``'s ``method`` map, with the bundle's tuned parameters for that finding and
+    method, else :data:`DEFAULT_PARAMS`."""
+    return boxes_with(heatmap, box_params(predictor, finding, method)[0], film_shape)
 
 
 def box_dicts(boxes) -> list[dict[str, float]]:
