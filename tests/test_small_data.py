@@ -179,7 +179,17 @@ def test_learning_curve_on_tiny_data(cache, tmp_path):
     spec.presets = ["chexnet", "small-data"]
     learning_curve(spec, progress=lines.append)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 4
-    assert len(json.loads((out / "learning_curve.json").read_text())["results"]) == 4
+    results = json.loads((out / "learning_curve.json").read_text())["results"]
+    assert len(results) == 4
+    # each recipe against the first one, paired on the same films and bootstrap draws
+    by = {(r["recipe"], r["fraction"]): r for r in results}
+    for f in (0.5, 1.0):
+        ref, other = by[("chexnet+random", f)], by[("small-data+random", f)]
+        assert ref["vs_reference"] is None
+        vs = other["vs_reference"]
+        assert vs["reference"] == "chexnet+random"
+        assert vs["diff"] == pytest.approx(other["mean_auroc"] - ref["mean_auroc"])
+        assert vs["ci_low"] <= vs["diff"] <= vs["ci_high"] and 0 <= vs["p_value"] <= 1
 
 
 def test_tta_predictor_averages_the_views(cache, tmp_path, make_tiny_bundle):

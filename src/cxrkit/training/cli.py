@@ -143,8 +143,11 @@ def learning_curve_command(
     for r in report["results"]:
         ci = (f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else "[n/a]")
         auc = f"{r['mean_auroc']:.3f}" if r["mean_auroc"] is not None else "n/a"
+        vs = r.get("vs_reference")
+        diff = (f"; {vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}] vs {vs['reference']} (paired)"
+                if vs and vs["diff"] is not None and vs["ci_low"] is not None else "")
         typer.echo(f"{r['recipe']:<40} {r['fraction']:>5g} ({r['n_labelled']:.0f} labelled films): mean AUROC "
-                   f"{auc} {ci}")
+                   f"{auc} {ci}{diff}")
     typer.echo(f"wrote {out / 'learning_curve.png'}, .json and .csv")
 
 

@@ -175,11 +175,12 @@ def learning_curve(spec: CurveSpec, progress=print) -> dict:
     rows_scored = np.flatnonzero(np.any(np.stack([t for t, _, _ in plans]), axis=0))
     boot = ClusterBootstrap.draw(patients[rows_scored], spec.n_boot, spec.seed)
     Y = cache.labels(rows_scored).astype(np.float64)
-    results = []
+    results, reps_of = [], {}
     for preset, init in arms:
         name = arm_name(preset, init)
         for f in spec.fractions:
-            summary, _ = ranking_summary(Y, scores[(name, f)][rows_scored].astype(np.float64), names, boot)
+            summary, reps = ranking_summary(Y, scores[(name, f)][rows_scored].astype(np.float64), names, boot)
+            reps_of[(name, f)] = (summary["mean_auroc"], reps["mean_auroc"])
             fold_means = [m for m in per_fold[(name, f)] if m is not None]
             c = costs[(name, f)]
             results.append({
@@ -191,7 +192,8 @@ def learning_curve(spec: CurveSpec, progress=print) -> dict:
                 "fold_mean_auroc": fold_means, "fold_mean_auroc_avg": float(np.mean(fold_means)) if fold_means else None,
                 "per_class_auroc": {n: e["auroc"] for n, e in summary["per_class"].items()},
                 "train_s_per_run": float(np.mean([x["train_s"] for x in c])), "epochs": c[0]["epochs"],
-                "train_img_per_s": float(np.mean([x["img_per_s"] for x in c]))})
+                "train_img_per_s": float(np.mean([x["img_per_s"] for x in c])),
+                "vs_reference": _vs_reference(reps_of, arm_name(*arms[0]), name, f)})
     report = {"spec": asdict(spec), "folds": len(plans), "scoring": "pooled out-of-fold predictions, patient-"
               "clustered bootstrap 95% CI" if spec.folds > 1 else "the cache's test split, patient-clustered "
               "bootstrap 95% CI", "wall_s": time.perf_counter() - t_start, "results": results}
@@ -205,6 +207,20 @@ def learning_curve(spec: CurveSpec, progress=print) -> dict:
         w.writerows(results)
     curve_figure(report, out / "learning_curve.png")
     return report
+
+
+def _vs_reference(reps_of: dict, reference: str, name: str, fraction: float) -> dict | None:
+    """Mean AUROC of a recipe minus the first recipe's (the reference, e.g. the CheXNet recipe from random weights)
+    at the same label share, with a paired patient-clustered bootstrap CI: both scored on the same films and the
+    same bootstrap draws, so the CI of the difference is far narrower than the two recipes' CIs side by side."""
+    from cxrkit.evaluation.compare import paired_bootstrap
+
+    if name == reference:
+        return None
+    (point, reps), (ref_point, ref_reps) = reps_of[(name, fraction)], reps_of[(reference, fraction)]
+    if point is None or ref_point is None:
+        return None
+    return {"reference": reference, **paired_bootstrap(reps, ref_reps, point, ref_point)}
 
 
 def _fmt(x) -> str:
