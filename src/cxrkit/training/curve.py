@@ -72,7 +72,11 @@ def _slug(text: str) -> str:
 
 
 def arm_name(preset: str, init: str) -> str:
-    return f"{preset}+{init if init == RANDOM else 'init:' + Path(init.partition(':')[2] or init).name}"
+    if init == RANDOM:
+        return f"{preset}+{init}"
+    path = Path(init.partition(":")[2] or init)
+    # a run's bundle folder is always called "bundle": name it by its run folder, as users do
+    return f"{preset}+init:{path.parent.name + '/' if path.name == 'bundle' and path.parent.name else ''}{path.name}"
 
 
 def fold_plan(patients: np.ndarray, folds: int, val_share: float, seed: int, own_splits: np.ndarray | None):
