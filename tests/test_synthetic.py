@@ -88,4 +88,30 @@ def test_service_json_says_synthetic(tmp_path, shared_data, make_tiny_bundle):
         for body in (model, pred):
             assert body["synthetic_training_data"] is synthetic
             assert body["warning"] == (SYNTHETIC_WARNING if synthetic else None)
+            assert body["synthetic_initialisation"] is False and body["note"] is None
     assert json.loads(json.dumps(pred))["quality"]["score"] is None  # no gate fitted: the page must not say "passed"
+
+
+def test_a_model_fine_tuned_from_a_phantom_model_says_where_it_started(tmp_path, shared_data, make_tiny_bundle):
+    """Phantom-supervised pretraining then real films (docs/small-data.md): the new bundle is not a synthetic-data
+    model (it learnt from real labels) but records and says that it started from one; a chain keeps the record."""
+    from cxrkit.bundle.synthetic import SYNTHETIC_INIT_NOTE, init_is_synthetic, initialised_from_synthetic
+    from cxrkit.data import prepare
+    from cxrkit.training import TrainConfig, train
+
+    phantom_model = mark_synthetic(make_tiny_bundle(tmp_path / "ph", arch="cxr_tiny", size=32))
+    real_model = mark_synthetic(make_tiny_bundle(tmp_path / "real", arch="cxr_tiny", size=32), False)
+    assert init_is_synthetic(str(phantom_model)) and not init_is_synthetic(str(real_model))
+    assert not init_is_synthetic(None) and not init_is_synthetic(str(tmp_path / "missing"))
+    cache = prepare(shared_data / "nih-sample", tmp_path / "rc", size=32, workers=1, progress=False)
+    result = train(TrainConfig(cache=str(cache.path), out=str(tmp_path / "ft"), arch="cxr_tiny", image_size=32,
+                               epochs=1, batch_size=32, max_steps_per_epoch=2, pretrained=str(phantom_model),
+                               quality_gate=False, export=False, tensorboard=False, quiet=True))
+    config = read_bundle_config(result.bundle_dir)
+    assert not trained_on_synthetic(config) and initialised_from_synthetic(config)
+    assert init_is_synthetic(str(result.bundle_dir))  # fine-tuning it again keeps the record
+
+    film = shared_data / "nih-sample" / "images" / "00000075_000.png"
+    proc = _cxr("predict", str(result.bundle_dir), str(film), "--out", str(tmp_path / "p.csv"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert SYNTHETIC_INIT_NOTE in proc.stderr and SYNTHETIC_WARNING not in proc.stderr

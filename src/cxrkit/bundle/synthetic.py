@@ -13,6 +13,8 @@ SYNTHETIC_SOURCES = frozenset({"phantom"})
 
 SYNTHETIC_WARNING = ("SYNTHETIC-DATA MODEL: trained on phantom (computer-generated) films, not real radiographs; "
                      "its findings on real images are meaningless. For testing the software only.")
+SYNTHETIC_INIT_NOTE = ("initialised from a model trained on phantom (computer-generated) films, then trained on real "
+                       "films: research use only, validate it on your own films")
 
 
 def sources_are_synthetic(sources) -> bool:
@@ -36,3 +38,28 @@ def trained_on_synthetic(config: dict[str, Any]) -> bool:
         return True
     members = prov.get("members") or []
     return any(trained_on_synthetic({"provenance": m}) for m in members if isinstance(m, dict))
+
+
+def initialised_from_synthetic(config: dict[str, Any]) -> bool:
+    """True when the bundle started from weights trained on synthetic films (``provenance.init_synthetic``, written
+    by training when ``--pretrained`` was such a bundle), whatever it was trained on afterwards."""
+    return bool((config.get("provenance") or {}).get("init_synthetic"))
+
+
+def init_is_synthetic(pretrained: str | None) -> bool:
+    """Whether ``--pretrained`` names a cxrkit bundle that was trained, or itself initialised, on synthetic films
+    (other weight files carry no such record)."""
+    import json
+    from pathlib import Path
+
+    if not pretrained:
+        return False
+    path = Path(pretrained.partition(":")[2] if ":" in pretrained and not Path(pretrained).exists() else pretrained)
+    config = path / "config.json" if path.is_dir() else None
+    if config is None or not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return trained_on_synthetic(data) or initialised_from_synthetic(data)

@@ -11,10 +11,13 @@ import typer
 
 def warn_if_synthetic(config: dict) -> None:
     """One loud stderr line when the bundle was trained on phantom films (its outputs on real films mean nothing)."""
-    from cxrkit.bundle.synthetic import SYNTHETIC_WARNING, trained_on_synthetic
+    from cxrkit.bundle.synthetic import (SYNTHETIC_INIT_NOTE, SYNTHETIC_WARNING, initialised_from_synthetic,
+                                         trained_on_synthetic)
 
     if trained_on_synthetic(config):
         typer.secho(f"warning: {SYNTHETIC_WARNING}", fg=typer.colors.YELLOW, err=True)
+    elif initialised_from_synthetic(config):
+        typer.secho(f"note: this model was {SYNTHETIC_INIT_NOTE}", fg=typer.colors.YELLOW, err=True)
 
 
 def _echo_json(obj) -> None:

@@ -48,6 +48,7 @@ def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Pa
     from safetensors.torch import load_file
 
     from cxrkit.bundle import save_bundle
+    from cxrkit.bundle.synthetic import init_is_synthetic
     from cxrkit.training.checkpoint import BEST_WEIGHTS, VAL_PREDICTIONS
 
     model = trainer.model
@@ -61,6 +62,7 @@ def write_bundle(cfg: TrainConfig, cache, run_dir: Path, trainer, s: dict) -> Pa
         "data_manifest_hash": cache.manifest.get("content_hash"),
         "data_source": cache.manifest.get("source"),
         "synthetic": _trained_on_synthetic_rows(cache, cfg),
+        "init_synthetic": init_is_synthetic(cfg.pretrained),
         "data_cache": str(Path(cache.path).resolve()),
         "package_versions": package_versions(),
         "train_config": cfg.to_dict(),

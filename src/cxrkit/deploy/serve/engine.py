@@ -232,8 +232,11 @@ class ModelService:
 
     def synthetic_fields(self) -> dict[str, Any]:
         """``synthetic_training_data`` and its ``warning`` (None for a real-data model), in every JSON answer."""
-        from cxrkit.bundle.synthetic import SYNTHETIC_WARNING, trained_on_synthetic
+        from cxrkit.bundle.synthetic import (SYNTHETIC_INIT_NOTE, SYNTHETIC_WARNING, initialised_from_synthetic,
+                                             trained_on_synthetic)
 
         synthetic = trained_on_synthetic(self.predictor.config)
-        return {"synthetic_training_data": synthetic, "warning": SYNTHETIC_WARNING if synthetic else None}
+        init = initialised_from_synthetic(self.predictor.config)
+        return {"synthetic_training_data": synthetic, "warning": SYNTHETIC_WARNING if synthetic else None,
+                "synthetic_initialisation": init, **({"note": SYNTHETIC_INIT_NOTE} if init and not synthetic else {})}
 

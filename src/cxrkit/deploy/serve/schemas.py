@@ -68,6 +68,9 @@ class PredictResponse(BaseModel):
                                               "how it was chosen and, for INT8, its recorded accuracy change")
     synthetic_training_data: bool = Field(False, description="the model was trained on synthetic phantom films")
     warning: Optional[str] = Field(None, description="set when the findings must not be read as real ones")
+    synthetic_initialisation: bool = Field(False, description="the model started from weights trained on phantom "
+                                           "films, then was trained on real ones")
+    note: Optional[str] = Field(None, description="set when synthetic_initialisation is true")
 
 
 class ModelInfo(BaseModel):
@@ -90,6 +93,8 @@ class ModelInfo(BaseModel):
     notice: str
     synthetic_training_data: bool = False
     warning: Optional[str] = None
+    synthetic_initialisation: bool = False
+    note: Optional[str] = None
 
 
 class Health(BaseModel):
