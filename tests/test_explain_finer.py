@@ -161,7 +161,7 @@ def test_methods_option_names_the_known_methods():
 
 def two_stage_model(size: int = 64) -> Predictor:
     """Brightness pooled to stride 2 (ReLU), stride 4 (ReLU), then the stride-8 feature map: LayerCAM reads the
-    stride-4 stage, LayerCAM-x4 the stride-2 one."""
+    stride-4 stage, LayerCAM-x4 the stride-2 one, and LayerCAM-x8 finds no stride-1 stage."""
     model = create_model("resnet10t", 14)
     model.backbone = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2))
     model.num_features, model.head = 1, LinearHead(1, 14)
@@ -185,6 +185,8 @@ def test_layercam_x4_reads_the_stage_four_times_finer():
     x = torch.zeros(1, 1, 64, 64)
     assert find_finer_layer(pred.model, x, 2) is pred.model.backbone[3]
     assert find_finer_layer(pred.model, x, 4) is pred.model.backbone[1]  # both remembered, per factor
+    with pytest.raises(ExplainError, match="no layer at 64 x 64"):
+        explain_batch(pred, image, [0], "layercam-x8")
 
 
 def test_per_finding_methods_drive_maps_and_boxes():

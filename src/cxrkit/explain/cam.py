@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
 
 log = logging.getLogger(__name__)
-METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "layercam-x4", "cam-layercam",
-           "per-finding")
-GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam", "layercam-x4")  # one backward per (image, finding) pair
-LAYERCAM_FACTOR = {"layercam": 2, "layercam-x4": 4}  # how many times finer than the final feature map
+METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "layercam-x4", "layercam-x8",
+           "cam-layercam", "per-finding")
+LAYERCAM_FACTOR = {"layercam": 2, "layercam-x4": 4, "layercam-x8": 8}  # how many times finer than the feature map
+GRADIENT_METHODS = ("gradcam", "gradcam++", *LAYERCAM_FACTOR)  # one backward per (image, finding) pair
 
 
 def _models(predictor) -> list:
@@ -34,7 +34,8 @@ def _models(predictor) -> list:
 
 def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
     """The concrete method for ``model``: "auto" is CAM for a linear head (exact), the head's own maps for an
-    attention head, Grad-CAM for anything else. "layercam" / "layercam-x4" work on any convolutional model;
+    attention head, Grad-CAM for anything else. "layercam" / "layercam-x4" / "layercam-x8" work on any convolutional
+    model with a stage that much finer;
     "cam-layercam" needs what "cam" needs; "per-finding" (each finding's stored method) is resolved per finding."""
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")

@@ -104,7 +104,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
                                  f"{RESULTS_NAME}, index.html."),
         method: str = typer.Option("auto", help="Method: auto (the bundle's tuned map method, else cam / attention) "
-                                   "| cam | gradcam | gradcam++ | attention | layercam | layercam-x4 | cam-layercam | "
+                                   "| cam | gradcam | gradcam++ | attention | layercam | layercam-x4 | layercam-x8 | "
+                                   "cam-layercam | "
                                    "per-finding."),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
                                                "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
