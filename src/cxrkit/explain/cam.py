@@ -35,8 +35,8 @@ def _models(predictor) -> list:
 def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
     """The concrete method for ``model``: "auto" is CAM for a linear head (exact), the head's own maps for an
     attention head, Grad-CAM for anything else. "layercam" / "layercam-x4" / "layercam-x8" work on any convolutional
-    model with a stage that much finer;
-    "cam-layercam" needs what "cam" needs; "per-finding" (each finding's stored method) is resolved per finding."""
+    model with a stage that much finer; "cam-layercam" needs what "cam" needs; "per-finding" (each finding's stored
+    method) is resolved per finding."""
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
     head = getattr(model, "head_type", None)
