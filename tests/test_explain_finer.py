@@ -157,3 +157,101 @@ def test_methods_option_names_the_known_methods():
     assert _methods("cam, layercam,cam") == ["cam", "layercam"]
     with pytest.raises(ExplainError, match="unknown method.*camm.*cam-layercam"):
         _methods("camm")
+
+
+def two_stage_model(size: int = 64) -> Predictor:
+    """Brightness pooled to stride 2 (ReLU), stride 4 (ReLU), then the stride-8 feature map: LayerCAM reads the
+    stride-4 stage, LayerCAM-x4 the stride-2 one, and LayerCAM-x8 finds no stride-1 stage."""
+    model = create_model("resnet10t", 14)
+    model.backbone = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2))
+    model.num_features, model.head = 1, LinearHead(1, 14)
+    with torch.no_grad():
+        model.head.fc.weight.fill_(2.0)
+        model.head.fc.bias.fill_(-1.0)
+    return Predictor(model, {"label_names": NAMES, "thresholds": {n: 0.5 for n in NAMES},
+                             "input": {"size": size, "preresize": size, "mean": 0.0, "std": 1.0}})
+
+
+def test_layercam_x4_reads_the_stage_four_times_finer():
+    pytest.importorskip("pytorch_grad_cam")
+    from cxrkit.explain.finer import find_finer_layer
+
+    pred = two_stage_model()
+    image = np.full((1, 64, 64), 20, np.uint8)
+    image[0, 30:32, 20:22] = 250  # a 2 x 2 spot: one stride-2 cell
+    maps = {m: explain_batch(pred, image, [0], m)[0] for m in ("layercam", "layercam-x4")}
+    hot = {m: int((h >= 0.5).sum()) for m, h in maps.items()}
+    assert hot["layercam-x4"] < 0.6 * hot["layercam"], hot
+    x = torch.zeros(1, 1, 64, 64)
+    assert find_finer_layer(pred.model, x, 2) is pred.model.backbone[3]
+    assert find_finer_layer(pred.model, x, 4) is pred.model.backbone[1]  # both remembered, per factor
+    with pytest.raises(ExplainError, match="no layer at 64 x 64"):
+        explain_batch(pred, image, [0], "layercam-x8")
+
+
+def test_per_finding_methods_drive_maps_and_boxes():
+    """A bundle whose explain.per_finding gives Atelectasis CAM and Cardiomegaly LayerCAM: "auto" (the stored
+    "per-finding") makes each finding's map with its own method, and boxes_for uses the parameters tuned for it."""
+    pytest.importorskip("pytorch_grad_cam")
+    from cxrkit.explain.cam import concrete_method
+    from cxrkit.explain.finding_boxes import finding_method
+
+    pred = stride_model()
+    a, c, e = NAMES[0], NAMES[1], NAMES[2]
+    pred.config["explain"] = {
+        "method": "per-finding", "per_finding": {"methods": {a: "cam", c: "layercam"}, "default": "cam"},
+        "boxes": {"cam": {a: {"threshold": 0.9, "min_area_frac": 0.0, "max_boxes": 1}},
+                  "layercam": {c: {"threshold": 0.3, "min_area_frac": 0.0, "max_boxes": 2}}}}
+    images = np.full((2, 64, 64), 20, np.uint8)
+    images[:, 28:32, 24:28] = 250
+    assert concrete_method(pred) == "per-finding"
+    assert [finding_method(pred, n) for n in (a, c, e)] == ["cam", "layercam", "cam"]
+    got = explain_batch(pred, images, [0, 1])
+    np.testing.assert_allclose(got[0], explain_batch(pred, images[:1], [0], "cam")[0], atol=1e-6)
+    np.testing.assert_allclose(got[1], explain_batch(pred, images[1:], [1], "layercam")[0], atol=1e-6)
+    assert not np.allclose(got[0], got[1], atol=1e-2)  # the two methods really differ here
+    assert box_params(pred, a, "per-finding") == (BoxParams(0.9, 0.0, 1), True)
+    assert box_params(pred, c, "per-finding") == (BoxParams(0.3, 0.0, 2), True)
+    assert box_params(pred, e, "per-finding") == (BoxParams(), False)  # its method (cam) has nothing for it
+    assert boxes_for(pred, c, got[1], "per-finding") == boxes_with(got[1], BoxParams(0.3, 0.0, 2))
+    del pred.config["explain"]["per_finding"]
+    with pytest.raises(ExplainError, match="per-finding.*tune-boxes"):
+        concrete_method(pred, "per-finding")
+
+
+def test_choose_per_finding_moves_a_finding_only_for_a_strict_gain():
+    from cxrkit.explain.box_tuning import choose_per_finding
+
+    def p(acc, n):
+        return {"val_acc": acc, "val_acc_default": 0.0, "n_boxes": n}
+
+    fitted = {"cam": {"A": p(0.5, 10), "B": p(0.2, 10)}, "layercam": {"A": p(0.5, 10), "B": p(0.6, 10)}}
+    chosen = choose_per_finding(fitted, {"cam": 0.35, "layercam": 0.55})
+    assert chosen["default"] == "layercam" and chosen["methods"] == {"A": "layercam", "B": "layercam"}
+    fitted["cam"]["A"] = p(0.9, 10)
+    chosen = choose_per_finding(fitted, {"cam": 0.55, "layercam": 0.55})
+    assert chosen["methods"] == {"A": "cam", "B": "layercam"} and chosen["val_acc"] == pytest.approx(0.75)
+
+
+def test_tune_boxes_per_finding_round_trips_through_the_bundle(tmp_path, make_tiny_bundle):
+    pytest.importorskip("pytorch_grad_cam")
+    from cxrkit.explain import evaluate_localisation
+    from cxrkit.explain.box_tuning import store_tuning, tune_boxes
+    from cxrkit.explain.finding_boxes import finding_method
+
+    bundle = make_tiny_bundle(tmp_path / "b")
+    pred, cache = load_bundle(bundle), boxed_cache()
+    result = tune_boxes(pred, cache, np.arange(8), methods=("cam", "layercam"), batch_size=8, progress=False)
+    chosen = result["per_finding"]["methods"]
+    assert set(chosen) == {NAMES[0], NAMES[1]} and set(chosen.values()) <= {"cam", "layercam"}
+    single = max(result["overall"]["cam"], result["overall"]["layercam"])
+    assert result["overall"]["per-finding"] >= single
+    assert (result["method"] == "per-finding") == (result["overall"]["per-finding"] > single)
+    store_tuning(bundle, result, "val")
+    again = load_bundle(bundle)
+    assert read_bundle_config(bundle)["explain"]["per_finding"] == result["per_finding"]
+    assert {f: finding_method(again, f) for f in chosen} == chosen
+    res = evaluate_localisation(again, cache, np.arange(8), "per-finding", progress=False)
+    for f, m in chosen.items():  # each finding scored with its own method's maps and parameters
+        assert res[f]["acc_iobb@0.5"] == pytest.approx(result["methods"][m][f]["val_acc"])
+    assert res["all"]["acc_iobb@0.5"] == pytest.approx(result["overall"]["per-finding"])

@@ -11,7 +11,7 @@ from cxrkit.models.pretrained import PretrainedError
 torch.set_num_threads(1)
 
 ARCHS = ["densenet121", "resnet50", "vgg19_bn", "inception_v3", "mobilenetv2", "mobilenetv3", "efficientnet_b0",
-         "efficientnet_b3", "convnext_tiny", "cxr_tiny"]
+         "efficientnet_b3", "convnext_tiny", "cxr_tiny", "cxr_tiny_s16"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -24,6 +24,20 @@ def test_every_listed_arch_builds_and_runs(arch):
     with torch.inference_mode():
         out = model(torch.randn(1, 1, side, side))
     assert out.shape == (1, 14) and torch.isfinite(out).all()
+
+
+def test_cxr_tiny_s16_halves_the_stride_with_the_same_weights():
+    """The stride-16 variant: twice as fine a feature map, same parameter shapes (its last stage is dilated, not
+    resized), and the arch name round-trips through the model spec."""
+    tiny, s16 = create_model("cxr_tiny", 3).eval(), create_model("cxr_tiny_s16", 3).eval()
+    with torch.inference_mode():
+        f32 = tiny.forward_all(torch.randn(1, 1, 160, 160))["features"]
+        f16 = s16.forward_all(torch.randn(1, 1, 160, 160))["features"]
+    assert f32.shape[-2:] == (5, 5) and f16.shape[-2:] == (10, 10)
+    assert {k: v.shape for k, v in tiny.state_dict().items()} == {k: v.shape for k, v in s16.state_dict().items()}
+    assert s16.spec()["arch"] == "cxr_tiny_s16"
+    dilated = [m for m in s16.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.dilation == (2, 2)]
+    assert len(dilated) == 2 and all(m.stride == (1, 1) for m in dilated)
 
 
 def test_attention_head_maps_and_normal_head():

@@ -5,7 +5,9 @@ For every map method, the validation pairs' maps are made once; then every (thre
 boxes) of a small grid is scored with the ChestX-ray8 criterion, a ground-truth box found when a detected box
 reaches IoBB >= 0.5, finding by finding. The best per finding (ties: the better mean best IoU, i.e. boxes that
 fit, then fewer boxes) goes into the bundle; the method with the best pooled validation accuracy becomes the
-bundle's map method, which every output then uses.
+bundle's map method, which every output then uses. With ``per_finding``, each finding may also keep the method
+that localised it best (``per-finding``: e.g. a finer LayerCAM for small nodules, CAM-LayerCAM for a lobe); that
+combination becomes the map method when its pooled validation accuracy beats every single method's.
 """
 from __future__ import annotations
 
@@ -64,10 +66,31 @@ def fit_params(pairs, grouped, maps) -> dict[str, dict]:
     return out
 
 
+def choose_per_finding(fitted: dict[str, dict[str, dict]], overall: dict[str, float]) -> dict:
+    """Each finding's method: the best validation accuracy among the tuned methods, ties going to the best single
+    method overall (so a finding only leaves it for a strict gain) -> ``{"methods": {finding: method}, "default":
+    the best single method, "val_acc", "val_acc_default"}`` (pooled over the findings' boxes)."""
+    default = max(overall, key=overall.get)
+    order = [default] + [m for m in fitted if m != default]
+    chosen, hits, hits_default, n = {}, 0.0, 0.0, 0
+    for finding in fitted[default]:
+        best = max(order, key=lambda m: (fitted[m][finding]["val_acc"], m == default))
+        chosen[finding] = best
+        p = fitted[best][finding]
+        hits += p["val_acc"] * p["n_boxes"]
+        hits_default += (p["val_acc_default"] or 0) * p["n_boxes"]
+        n += p["n_boxes"]
+    return {"methods": chosen, "default": default, "val_acc": hits / n, "val_acc_default": hits_default / n}
+
+
 def tune_boxes(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, batch_size: int = 16,
-               progress: bool = True) -> dict:
+               progress: bool = True, per_finding: bool = True) -> dict:
     """``{"methods": {method: {finding: params + val accuracies}}, "overall": {method: pooled val accuracy},
-    "method": the best method}`` on the cache rows' ground-truth boxes."""
+    "method": the best method}`` on the cache rows' ground-truth boxes; with ``per_finding`` and more than one
+    method, also ``"per_finding"`` (:func:`choose_per_finding`) and its pooled accuracy as ``overall["per-finding"]``,
+    which wins "method" only when strictly better than every single method."""
+    from cxrkit.explain.finding_boxes import PER_FINDING
+
     from cxrkit.explain.cam import concrete_method
     from cxrkit.explain.localisation import boxed_pairs, pair_maps
 
@@ -88,6 +111,14 @@ def tune_boxes(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, ba
         result["overall_default"][concrete] = sum((p["val_acc_default"] or 0) * p["n_boxes"]
                                                   for p in fitted.values()) / n
     result["method"] = max(result["overall"], key=result["overall"].get)
+    if per_finding and len(result["methods"]) > 1:
+        chosen = choose_per_finding(result["methods"], result["overall"])
+        result["per_finding"] = {"methods": chosen["methods"], "default": chosen["default"]}
+        result["overall"][PER_FINDING] = chosen["val_acc"]
+        result["overall_default"][PER_FINDING] = chosen["val_acc_default"]
+        result["seconds"][PER_FINDING] = sum(result["seconds"][m] for m in set(chosen["methods"].values()))
+        if chosen["val_acc"] > result["overall"][result["method"]]:
+            result["method"] = PER_FINDING
     result["n_boxes"] = int(sum(len(v) for v in grouped.values()))
     return result
 
@@ -104,6 +135,8 @@ def store_tuning(bundle_dir: str | Path, result: dict, split: str, set_method: b
         boxes[method] = {f: {k: p[k] for k in ("threshold", "min_area_frac", "max_boxes")}
                          for f, p in fitted.items()}
     explain["boxes"] = boxes
+    if result.get("per_finding"):
+        explain["per_finding"] = result["per_finding"]
     if set_method:
         explain["method"] = result["method"]
     explain["box_tuning"] = {"split": split, "criterion": f"acc_iobb@{CRITERION:g}", "n_boxes": result["n_boxes"],

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
 
 log = logging.getLogger(__name__)
-METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "cam-layercam")
-GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")  # one backward per (image, finding) pair
+METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "layercam-x4", "layercam-x8",
+           "cam-layercam", "per-finding")
+LAYERCAM_FACTOR = {"layercam": 2, "layercam-x4": 4, "layercam-x8": 8}  # how many times finer than the feature map
+GRADIENT_METHODS = ("gradcam", "gradcam++", *LAYERCAM_FACTOR)  # one backward per (image, finding) pair
 
 
 def _models(predictor) -> list:
@@ -33,8 +35,9 @@ def _models(predictor) -> list:
 
 def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
     """The concrete method for ``model``: "auto" is CAM for a linear head (exact), the head's own maps for an
-    attention head, Grad-CAM for anything else. "layercam" works on any convolutional model; "cam-layercam" needs
-    what "cam" needs."""
+    attention head, Grad-CAM for anything else. "layercam" / "layercam-x4" / "layercam-x8" work on any convolutional
+    model with a stage that much finer; "cam-layercam" needs what "cam" needs; "per-finding" (each finding's stored
+    method) is resolved per finding."""
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
     head = getattr(model, "head_type", None)
@@ -120,7 +123,7 @@ def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: 
         for s in range(0, len(classes), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(square_u8[image_idx[s:s + batch_size]])).unsqueeze(1)
             x, cls = member.model_input(batch).float(), classes[s:s + batch_size].tolist()
-            maps = layercam_maps(model, x, cls) if concrete == "layercam" else \
+            maps = layercam_maps(model, x, cls, LAYERCAM_FACTOR[concrete]) if concrete in LAYERCAM_FACTOR else \
                 gradcam_maps(model, x, cls, plus_plus=concrete == "gradcam++")
             out[s:s + batch_size] = _to_square(torch.from_numpy(maps), size)
         return out
@@ -150,12 +153,20 @@ def preferred_method(predictor, method: str = "auto") -> str:
     from cxrkit.explain.finding_boxes import map_method
 
     stored = map_method(predictor)
-    if stored in ("layercam", "cam-layercam") and not _has_grad_cam():
+    if _needs_grad_cam(predictor, stored) and not _has_grad_cam():
         # a bundle tuned where cxrkit[explain] was installed still explains (with its head's default) without it
         log.warning("the bundle's map method %r needs the grad-cam package (pip install 'cxrkit[explain]'); using "
                     "the head's default map instead", stored)
         return "auto"
     return stored
+
+
+def _needs_grad_cam(predictor, method: str) -> bool:
+    from cxrkit.explain.finding_boxes import PER_FINDING, finding_method
+
+    if method == PER_FINDING:
+        return any(_needs_grad_cam(predictor, finding_method(predictor, n)) for n in predictor.label_names)
+    return method in GRADIENT_METHODS or method == "cam-layercam"
 
 
 def _has_grad_cam() -> bool:
@@ -173,6 +184,15 @@ def _explain_pairs(predictor, square_u8: np.ndarray, image_idx, classes, method:
     method = preferred_method(predictor, method)
     if batch_size < 1:
         raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
+    from cxrkit.explain.finding_boxes import PER_FINDING, finding_method
+
+    if method == PER_FINDING:  # each finding's pairs with that finding's own method
+        per_class = np.asarray([finding_method(predictor, predictor.label_names[c]) for c in classes], dtype=object)
+        out = np.empty((len(classes), *square_u8.shape[1:]), dtype=np.float32)
+        for m in dict.fromkeys(per_class):
+            sel = np.flatnonzero(per_class == m)
+            out[sel] = _explain_pairs(predictor, square_u8, image_idx[sel], classes[sel], m, batch_size)
+        return out
     members = _models(predictor)
     if len(members) == 1:
         return _member_maps(members[0], square_u8, image_idx, classes, method, batch_size)
@@ -254,5 +274,14 @@ def explain_images(predictor, images: Sequence[np.ndarray], findings: Sequence[s
 
 def concrete_method(predictor, method: str = "auto") -> str:
     """The method ``explain_*`` will actually run for this predictor (resolves "auto", to the bundle's tuned map
-    method when it has one; errors early)."""
-    return resolve_method(_models(predictor)[0].model, preferred_method(predictor, method))
+    method when it has one; errors early). "per-finding" stays as it is: each finding's method comes from the
+    bundle (:func:`cxrkit.explain.finding_boxes.finding_method`), and so do its box parameters."""
+    from cxrkit.explain.finding_boxes import PER_FINDING, finding_method
+
+    chosen = preferred_method(predictor, method)
+    model = _models(predictor)[0].model
+    if chosen == PER_FINDING:
+        for name in predictor.label_names:
+            resolve_method(model, finding_method(predictor, name))
+        return chosen
+    return resolve_method(model, chosen)

@@ -104,7 +104,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: DIR/<image>/<finding>.png, "
                                  f"{RESULTS_NAME}, index.html."),
         method: str = typer.Option("auto", help="Method: auto (the bundle's tuned map method, else cam / attention) "
-                                   "| cam | gradcam | gradcam++ | attention | layercam | cam-layercam."),
+                                   "| cam | gradcam | gradcam++ | attention | layercam | layercam-x4 | layercam-x8 | "
+                                   "cam-layercam | "
+                                   "per-finding."),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
                                                "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
         top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings.",
@@ -206,6 +208,8 @@ def register_localisation(app: typer.Typer) -> None:
         split: str = typer.Option("val", help="Split whose boxes the parameters are fitted on."),
         methods: str = typer.Option("cam,layercam,cam-layercam", help="Comma-separated map methods to tune."),
         set_method: bool = typer.Option(True, help="Make the best method on the split the bundle's map method."),
+        per_finding: bool = typer.Option(True, help="Also let each finding keep its own best method ('per-finding',"
+                                                    " the map method when it beats every single one)."),
         batch_size: int = typer.Option(16, min=1, help="Maps per forward pass."),
         device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
         quiet: bool = typer.Option(False, help="No progress bars."),
@@ -216,7 +220,10 @@ def register_localisation(app: typer.Typer) -> None:
 
         chosen = _methods(methods)
         predictor, cache_obj = _open(bundle, cache, device)
-        result = tune_boxes(predictor, cache_obj, cache_obj.rows(split), chosen, batch_size, progress=not quiet)
+        if "per-finding" in chosen:
+            raise typer.BadParameter("--methods lists the methods to tune; per-finding combines them (--per-finding)")
+        result = tune_boxes(predictor, cache_obj, cache_obj.rows(split), chosen, batch_size, progress=not quiet,
+                            per_finding=per_finding)
         path = store_tuning(bundle, result, split, set_method=set_method)
         typer.echo(f"{split} accuracy at T(IoBB)={CRITERION:g} on {result['n_boxes']} boxes (default parameters -> "
                    "tuned):")
@@ -226,6 +233,8 @@ def register_localisation(app: typer.Typer) -> None:
         for method, fitted in result["methods"].items():
             typer.echo(f"{method}: " + "; ".join(f"{f} t={p['threshold']:g} a={p['min_area_frac']:g} "
                                                  f"k={p['max_boxes']} ({p['val_acc']:.2f})" for f, p in fitted.items()))
+        if result.get("per_finding"):
+            typer.echo("per-finding: " + "; ".join(f"{f} {m}" for f, m in result["per_finding"]["methods"].items()))
         note = f"; map method now {result['method']}" if set_method else ""
         typer.echo(f"stored in {path}{note}")
         typer.echo(RESEARCH_NOTICE)

@@ -19,6 +19,7 @@ import numpy as np
 from cxrkit.explain.boxes import ExplainError, boxes_from_heatmap
 
 BOX_SIDE = 256
+PER_FINDING = "per-finding"  # the map method that takes each finding's method from the bundle
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,24 @@ def box_params(source, finding: str, method: str) -> tuple[BoxParams, bool]:
     """(parameters, tuned?) for ``finding``'s maps made with ``method``; ``source`` a predictor or a bundle config.
     Untuned: the defaults, with the threshold of an older bundle's ``explain.box_threshold`` when it has one."""
     cfg = _explain_config(source)
+    if method == PER_FINDING:  # the finding's own map method, whose parameters were tuned with it
+        method = finding_method(source, finding)
     stored = ((cfg.get("boxes") or {}).get(method) or {}).get(finding)
     if stored:
         return BoxParams(float(stored["threshold"]), float(stored["min_area_frac"]), int(stored["max_boxes"])), True
     if cfg.get("box_threshold") is not None:
         return BoxParams(threshold=float(cfg["box_threshold"])), False
     return DEFAULT_PARAMS, False
+
+
+def finding_method(source, finding: str) -> str:
+    """The map method ``per-finding`` uses for ``finding``: the one ``cxr tune-boxes`` found best for it on
+    validation (``explain.per_finding.methods``), else the bundle's best single method (``.default``)."""
+    stored = _explain_config(source).get("per_finding") or {}
+    if not stored.get("default"):
+        raise ExplainError("method 'per-finding' needs map methods chosen per finding: run `cxr tune-boxes` (with "
+                           "--per-finding) on this bundle, or pick one method (cam, layercam, ...)")
+    return str((stored.get("methods") or {}).get(finding) or stored["default"])
 
 
 def map_method(source) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 from cxrkit.explain.boxes import ExplainError
 
 FINER_FACTOR = 2  # the stage whose maps are this many times finer than the final feature map (stride 32 -> 16)
-_LAYER_ATTR = "_cxrkit_finer_layer"  # the layer found for a model instance, kept on it (finding it costs a forward)
+_LAYER_ATTR = "_cxrkit_finer_layers"  # the layers found for a model instance, kept on it (each costs a forward)
 
 
 def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int | None = None) -> nn.Module:
@@ -24,9 +24,9 @@ def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int | None
     the final feature map, preferring an activation (ReLU-like) module so the activations are non-negative, as
     LayerCAM assumes. Found once per model instance (one forward on ``example``) and remembered on the model."""
     factor = int(factor or FINER_FACTOR)
-    cached = getattr(model, _LAYER_ATTR, None)
-    if cached is not None and cached[0] == factor:
-        return cached[1]
+    cached = model.__dict__.setdefault(_LAYER_ATTR, {})  # factor -> layer; not setattr: nn.Module would register it
+    if factor in cached:
+        return cached[factor]
     seen: list[tuple[nn.Module, tuple[int, int]]] = []
 
     def record(mod, _inputs, out):
@@ -49,7 +49,7 @@ def find_finer_layer(model: nn.Module, example: torch.Tensor, factor: int | None
                            f"its {feats.shape[-2]} x {feats.shape[-1]} feature map); use method 'cam' or 'gradcam'")
     acts = [m for m in at if isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU))]
     layer = (acts or at)[-1]
-    model.__dict__[_LAYER_ATTR] = (factor, layer)  # not setattr: nn.Module would register it as a submodule
+    cached[factor] = layer
     return layer
 
 

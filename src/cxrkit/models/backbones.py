@@ -66,6 +66,10 @@ def build_backbone(name: str, in_chans: int = 1) -> tuple[nn.Module, int]:
         from cxrkit.models.small import tiny_backbone
 
         return tiny_backbone(in_chans)
+    if name == "cxr_tiny_s16":
+        from cxrkit.models.small import tiny_backbone
+
+        return tiny_backbone(in_chans, output_stride=16)
     if name in TIMM_ALIASES:
         return timm_backbone(TIMM_ALIASES[name], in_chans)
     if name.startswith("timm:"):
@@ -73,5 +77,5 @@ def build_backbone(name: str, in_chans: int = 1) -> tuple[nn.Module, int]:
     raise KeyError(name)
 
 
-BACKBONES: dict[str, Callable] = {"densenet121": densenet121_backbone, "cxr_tiny": None,
+BACKBONES: dict[str, Callable] = {"densenet121": densenet121_backbone, "cxr_tiny": None, "cxr_tiny_s16": None,
                                   **{k: None for k in TIMM_ALIASES}}

@@ -41,8 +41,9 @@ class Box(BaseModel):
 
 
 class Heatmaps(BaseModel):
-    method: str = Field(..., description="the map method: cam, attention, gradcam, gradcam++, layercam or "
-                                         "cam-layercam")
+    method: str = Field(..., description="the map method: cam, attention, gradcam, gradcam++, layercam, "
+                                         "layercam-x4, layercam-x8, cam-layercam, or per-finding (each finding's own method, "
+                                         "tuned on validation: cxr tune-boxes)")
     image: str = Field(..., description="the decoded image at display size, data:image/png;base64")
     overlays: Dict[str, str] = Field(..., description="finding -> transparent RGBA heatmap (jet colours, alpha = "
                                                     "heat), same aspect as `image` with a long side of at most 128 "
