@@ -206,7 +206,9 @@ def register_localisation(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(..., help="Model bundle directory; the fitted parameters are stored in it."),
         cache: Path = typer.Argument(..., help="Cache with ground-truth boxes (cxr prepare; phantom sets have them)."),
         split: str = typer.Option("val", help="Split whose boxes the parameters are fitted on."),
-        methods: str = typer.Option("cam,layercam,cam-layercam", help="Comma-separated map methods to tune."),
+        methods: str = typer.Option("cam,layercam,layercam-x4,layercam-x8,cam-layercam",
+                                    help="Comma-separated map methods to tune (of the default ones, those a model "
+                                         "has no layer for are skipped, saying so)."),
         set_method: bool = typer.Option(True, help="Make the best method on the split the bundle's map method."),
         per_finding: bool = typer.Option(True, help="Also let each finding keep its own best method ('per-finding',"
                                                     " the map method when it beats every single one)."),
@@ -230,6 +232,8 @@ def register_localisation(app: typer.Typer) -> None:
         for method, acc in result["overall"].items():
             typer.echo(f"  {method:14s} {result['overall_default'][method]:.3f} -> {acc:.3f}  "
                        f"({result['seconds'][method]:.1f} s of maps)")
+        for method, why in result.get("skipped", {}).items():
+            typer.echo(f"  {method:14s} skipped: {why}")
         for method, fitted in result["methods"].items():
             typer.echo(f"{method}: " + "; ".join(f"{f} t={p['threshold']:g} a={p['min_area_frac']:g} "
                                                  f"k={p['max_boxes']} ({p['val_acc']:.2f})" for f, p in fitted.items()))
