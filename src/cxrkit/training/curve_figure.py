@@ -43,10 +43,15 @@ def _ci(r: dict) -> tuple[float, float, float]:
 
 
 def _dot_plot(report: dict, recipes: list[str], path, plt) -> Path:
-    """One label budget: the recipes side by side, mean AUROC with its CI."""
-    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.45 * len(recipes)), dpi=120)
-    for i, name in enumerate(recipes):
-        y, lo, hi = _ci(next(r for r in report["results"] if r["recipe"] == name))
+    """One label budget: the recipes side by side, mean AUROC with its CI, and beside it each recipe's paired
+    difference to the first recipe (same films, same bootstrap draws: narrower than the side-by-side CIs)."""
+    rows = [next(r for r in report["results"] if r["recipe"] == name) for name in recipes]
+    paired = any(r.get("vs_reference") for r in rows)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(10.5 if paired else 6.4, 1.6 + 0.45 * len(recipes)),
+                             dpi=120, sharey=True, squeeze=False)
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        y, lo, hi = _ci(r)
         ax.errorbar([y], [i], xerr=[[lo], [hi]], marker="o", capsize=3, color=f"C{i}")
     ax.set_yticks(range(len(recipes)), recipes, fontsize=8)
     ax.invert_yaxis()
@@ -55,6 +60,22 @@ def _dot_plot(report: dict, recipes: list[str], path, plt) -> Path:
     ax.set_title(f"{report['folds']} fold(s), {r0['n_test']} test films, {r0['n_labelled']:.0f} labelled films per fold",
                  fontsize=10)
     ax.grid(alpha=0.3)
+    if paired:
+        dx = axes[0, 1]
+        for i, r in enumerate(rows):
+            vs = r.get("vs_reference")
+            if not vs or vs["diff"] is None or vs["ci_low"] is None:
+                continue
+            dx.errorbar([vs["diff"]], [i], xerr=[[vs["diff"] - vs["ci_low"]], [vs["ci_high"] - vs["diff"]]],
+                        marker="o", capsize=3, color=f"C{i}")
+            dx.annotate(f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]", (vs["ci_high"], i),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        dx.axvline(0.0, color="grey", lw=0.8)
+        dx.set_xlabel(f"difference to {recipes[0]} (paired 95% CI)")
+        dx.set_title("paired difference", fontsize=10)
+        dx.grid(alpha=0.3)
+        lo, hi = dx.get_xlim()
+        dx.set_xlim(lo, hi + 0.6 * (hi - lo))  # room for the labels
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
