@@ -159,3 +159,36 @@ def test_predict_heatmaps_from_the_graph_in_a_worker(exported, shared_data, tmp_
         for figure in row["heatmaps"]:
             assert Path(figure).is_file() and Path(figure).name.startswith(f"{row['index']:06d}_")
         assert set(row["boxes"]) == set(row["findings"])
+
+
+def test_a_bundle_tuned_to_layercam_draws_the_same_boxes_on_every_backend(exported, shared_data, tmp_path):
+    """The graph's CAM serves only a bundle whose map method is CAM (or untuned): one tuned to LayerCAM gets its
+    maps from the torch model on the fast runtimes too, so `cxr predict` on ONNX Runtime and on torch draw the same
+    boxes with the same method (the DICOM node and serve follow the same rule)."""
+    import shutil
+
+    pytest.importorskip("pytorch_grad_cam")
+    from cxrkit.bundle import read_bundle_config, write_bundle_config
+    from cxrkit.deploy.onnx_runtime import load_predictor
+    from cxrkit.deploy.predict import predict_files
+    from cxrkit.explain.finding_boxes import graph_cam_serves
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported, bundle)
+    cfg = read_bundle_config(bundle)
+    cfg["thresholds"] = {n: (0.0 if n in ("Effusion", "Mass") else 1.01) for n in cfg["label_names"]}
+    assert graph_cam_serves(cfg)
+    cfg.setdefault("explain", {})["method"] = "layercam"
+    write_bundle_config(bundle, cfg)
+    assert not graph_cam_serves(cfg)
+    films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:2]
+    rows = {}
+    for backend in ("onnx", "torch"):
+        predictor = load_predictor(bundle, backend=backend)
+        rows[backend] = [r for r in predict_files(predictor, films, batch_size=2, workers=2, gate=None,
+                                                  progress=False)]
+    for graph_row, torch_row in zip(rows["onnx"], rows["torch"]):
+        assert graph_row["box_method"] == torch_row["box_method"] == "layercam"
+        assert set(graph_row["boxes"]) == {"Effusion", "Mass"}
+        for name, boxes in torch_row["boxes"].items():
+            np.testing.assert_allclose(np.asarray(graph_row["boxes"][name]), np.asarray(boxes), atol=1e-3)

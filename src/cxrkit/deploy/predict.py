@@ -177,7 +177,10 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     prepare = _prepared(predictor, gate)
     task = (lambda p: _decode_and_prepare(p, predictor, gate)) if prepare else _safe_decode
     window = max(1, batch_size) * 2
+    from cxrkit.explain.finding_boxes import graph_cam_serves
+
     make_maps = _Maps(predictor)
+    graph_maps = graph_cam_serves(predictor)  # else the bundle's tuned maps come from its torch model
     ready, maps_done = None, None  # a batch's rows wait for their boxes until the next batch has been run
 
     def ready_rows(batch):
@@ -227,8 +230,9 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
                     if boxes or heatmaps is not None:
                         maps_of.append((row, image, j, f"{row['index']:06d}_{paths[start + k].stem}"))
                 if maps_of:
-                    args = (maps_of, predictor, make_maps, out, pos, boxes, heatmaps)
-                    if "cam" in out:
+                    cams = out.get("cam") if graph_maps else None
+                    args = (maps_of, predictor, make_maps, cams, out, pos, boxes, heatmaps)
+                    if cams is not None:
                         # the graph's class maps: boxes (one thread, ~1 ms a finding) in a worker while the network
                         # runs the next batch, instead of the network waiting for them
                         maps_done = pool.submit(_add_batch_maps, *args)
@@ -243,13 +247,15 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
             yield ready_rows(ready)
 
 
-def _add_batch_maps(items, predictor, make_maps, out, pos, boxes: bool, heatmaps) -> None:
-    """:func:`_add_maps` for one batch's films, ``items`` = [(row, image, j, stem)]."""
+def _add_batch_maps(items, predictor, make_maps, cams, out, pos, boxes: bool, heatmaps) -> None:
+    """:func:`_add_maps` for one batch's films, ``items`` = [(row, image, j, stem)]; ``cams``: the graph's class
+    maps when they are the bundle's maps, else None (the torch model makes them)."""
     for row, image, j, stem in items:
-        _add_maps(row, predictor, make_maps, image, out, j, pos[j], boxes, heatmaps, stem)
+        _add_maps(row, predictor, make_maps, image, None if cams is None else cams[j], out, j, pos[j], boxes,
+                  heatmaps, stem)
 
 
-def _add_maps(row, predictor, make_maps, image, out, j, positives, boxes: bool, heatmaps, stem) -> None:
+def _add_maps(row, predictor, make_maps, image, cam, out, j, positives, boxes: bool, heatmaps, stem) -> None:
     """Boxes (``boxes``: {finding: [[x, y, w, h, score]...]} in the film's pixels, positive findings only;
     ``box_method``) and heatmap figures (the positive findings, or the most likely one so every film gets a map
     to look at)."""
@@ -261,7 +267,7 @@ def _add_maps(row, predictor, make_maps, image, out, j, positives, boxes: bool, 
     # boxes alone need no full-size map: at most BOX_SIDE px, boxes scaled to the film (figures need full size)
     shape = None if heatmaps is not None else box_map_shape(*image.shape)
     try:
-        method, maps = make_maps(image, shown, out["cam"][j] if "cam" in out else None, shape)
+        method, maps = make_maps(image, shown, cam, shape)
     except PredictError:
         raise
     except CxrError as exc:  # e.g. a map method whose optional package is missing: the prediction still stands

@@ -165,7 +165,7 @@ class Processor:
 
     def _predict(self, films: Sequence[_Film]) -> list[FilmResult]:
         from cxrkit.deploy.quality import quality_verdicts
-        from cxrkit.explain.finding_boxes import boxes_for
+        from cxrkit.explain.finding_boxes import boxes_for, graph_cam_serves
 
         images = [f.image for f in films]
         out = self.predictor.predict_full(images, batch_size=max(1, len(images)))
@@ -175,7 +175,8 @@ class Processor:
         for j, film in enumerate(films):
             probs = out["probs"][j]
             positive = [n for n, p in zip(self.label_names, pos[j]) if p and n in self.report]
-            cam = out["cam"][j] if "cam" in out else None
+            # the graph's CAM when it is the bundle's map method, else the tuned maps from the torch model
+            cam = out["cam"][j] if "cam" in out and graph_cam_serves(self.predictor) else None
             maps = self._heatmaps(film.image, positive, cam) if positive and self.config.heatmaps else {}
             method = ("cam" if cam is not None else self._method()) if maps else None
             findings = []
