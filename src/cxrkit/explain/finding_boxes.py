@@ -84,7 +84,8 @@ def graph_cam_serves(source) -> bool:
     """Whether an exported graph's CAM outputs are the bundle's own maps: when its map method is CAM, or untuned
     ("auto", CAM for a linear head). A bundle tuned to another method (LayerCAM at a finer stage, per-finding maps)
     gets its maps from the torch model instead, so predict, serve, the web page and the DICOM node draw the same
-    boxes from the same maps (the graph's CAM would be faster and coarser: 0.37 vs 0.85 on the demo model's validation boxes)."""
+    boxes from the same maps (the graph's CAM would be faster and coarser: 0.37 vs 0.85 on the demo model's
+    validation boxes)."""
     return map_method(source) in ("cam", "auto")
 
 
