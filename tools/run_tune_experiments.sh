@@ -25,7 +25,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $PY tools/bench_tune_pruning.py "$WORK/c128" --out "$WORK/pruning" --trials "${BENCH_TRIALS:-16}" --epochs "$BENCH_EPOCHS" \
       --pruners "${BENCH_PRUNERS:-sha,hyperband}"
 fi
-for s in optimizer batch_lr image_size channels head arch accum accum_seeds loss_weight; do
+for s in optimizer batch_lr image_size channels head arch arch_large accum accum_seeds loss_weight; do
   stamp "study $s"
   $CXR tune "$WORK/c128" --space "$SPACES/$s.toml" --grid --study $s --out "$WORK/studies/$s"
 done
