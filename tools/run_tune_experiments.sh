@@ -29,6 +29,11 @@ for s in optimizer batch_lr image_size channels head arch arch_large accum accum
   stamp "study $s"
   $CXR tune "$WORK/c128" --space "$SPACES/$s.toml" --grid --study $s --out "$WORK/studies/$s"
 done
+stamp "512-px phantoms"
+[ -f "$WORK/ph512/Data_Entry_2017.csv" ] || $CXR phantom "$WORK/ph512" -n "${PH_N:-1200}" --size 512 --seed 1 --workers 2
+$CXR prepare "$WORK/ph512" "$WORK/c512" --size 512 --quiet
+stamp "study image_size_512"
+$CXR tune "$WORK/c512" --space "$SPACES/image_size_512.toml" --grid --study image_size_512 --out "$WORK/studies/image_size_512"
 stamp ensemble
 $CXR ensemble --from-tune "$WORK/studies/arch" --top-k 3 --cache "$WORK/c128" --out "$WORK/ensemble" --overwrite --quiet
 if [ "${REAL_FILMS:-1}" = 1 ]; then
