@@ -65,9 +65,13 @@ def test_boxes_are_found_on_a_reduced_map_and_returned_in_its_pixels():
 def stride_model(size: int = 64) -> Predictor:
     """Backbone = brightness pooled 4 x 4 (ReLU: the stride-4 stage) then 2 x 2 (the stride-8 feature map), a
     positive linear head: CAM is brightness on an 8-px grid, LayerCAM brightness on the 4-px grid."""
+    return _brightness_model(nn.Sequential(nn.AvgPool2d(4), nn.ReLU(), nn.AvgPool2d(2)), size)
+
+
+def _brightness_model(backbone: nn.Module, size: int) -> Predictor:
+    """A one-feature ``backbone`` (pooled brightness) under a positive linear head, as a bundle predictor."""
     model = create_model("resnet10t", 14)
-    model.backbone, model.num_features = nn.Sequential(nn.AvgPool2d(4), nn.ReLU(), nn.AvgPool2d(2)), 1
-    model.head = LinearHead(1, 14)
+    model.backbone, model.num_features, model.head = backbone, 1, LinearHead(1, 14)
     with torch.no_grad():
         model.head.fc.weight.fill_(2.0)
         model.head.fc.bias.fill_(-1.0)
@@ -162,14 +166,8 @@ def test_methods_option_names_the_known_methods():
 def two_stage_model(size: int = 64) -> Predictor:
     """Brightness pooled to stride 2 (ReLU), stride 4 (ReLU), then the stride-8 feature map: LayerCAM reads the
     stride-4 stage, LayerCAM-x4 the stride-2 one, and LayerCAM-x8 finds no stride-1 stage."""
-    model = create_model("resnet10t", 14)
-    model.backbone = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2))
-    model.num_features, model.head = 1, LinearHead(1, 14)
-    with torch.no_grad():
-        model.head.fc.weight.fill_(2.0)
-        model.head.fc.bias.fill_(-1.0)
-    return Predictor(model, {"label_names": NAMES, "thresholds": {n: 0.5 for n in NAMES},
-                             "input": {"size": size, "preresize": size, "mean": 0.0, "std": 1.0}})
+    return _brightness_model(nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.AvgPool2d(2)),
+                             size)
 
 
 def test_layercam_x4_reads_the_stage_four_times_finer():
