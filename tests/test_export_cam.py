@@ -192,3 +192,9 @@ def test_a_bundle_tuned_to_layercam_draws_the_same_boxes_on_every_backend(export
         assert set(graph_row["boxes"]) == {"Effusion", "Mass"}
         for name, boxes in torch_row["boxes"].items():
             np.testing.assert_allclose(np.asarray(graph_row["boxes"][name]), np.asarray(boxes), atol=1e-3)
+    # --box-maps graph: the graph's CAM whatever the bundle was tuned to (faster, coarser)
+    fast = predict_files(load_predictor(bundle, backend="onnx"), films, batch_size=2, workers=2, gate=None,
+                         box_maps="graph", progress=False)
+    assert all(r["box_method"] == "cam" and set(r["boxes"]) == {"Effusion", "Mass"} for r in fast)
+    with pytest.raises(Exception, match="box maps must be one of"):
+        predict_files(load_predictor(bundle, backend="onnx"), films, box_maps="fast", gate=None)

@@ -46,6 +46,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         gate: bool = typer.Option(True, help="Apply the bundle's quality gate (--no-gate: header/rule checks only)"),
         boxes: bool = typer.Option(True, help="Boxes of each positive finding from its evidence map (columns boxes, "
                                    "box_method; --no-boxes: skip, one forward less per film)"),
+        box_maps: str = typer.Option("bundle", "--box-maps",
+                                     help="Where box maps come from: 'bundle', the map method the bundle was tuned "
+                                          "to (a fast runtime's CAM output only when that is CAM); 'graph', the "
+                                          "exported graph's CAM always (faster, coarser boxes)"),
     ) -> None:
         """Predict every input file: one row per input (bad files become error rows), quality flags, notice.
 
@@ -60,6 +64,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from cxrkit.deploy.runtime import load_fastest
 
         output_format(out)
+        if box_maps not in ("bundle", "graph"):
+            raise PredictError(f"--box-maps must be 'bundle' or 'graph', got {box_maps!r}")
         if heatmaps is not None and backend not in ("torch", "auto"):
             raise PredictError("--heatmaps needs --backend torch (CAM/Grad-CAM need the torch model)")
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -86,7 +92,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             written = run_shard(predictor, paths, out, rank=rank, world=world, barrier=barrier,
                                 batch_size=batch_size, workers=workers, gate="auto" if gate else None,
-                                heatmaps=heatmaps, boxes=boxes, progress=rank == 0)
+                                heatmaps=heatmaps, boxes=boxes, box_maps=box_maps, progress=rank == 0)
         finally:
             if world > 1:
                 import torch.distributed as dist

@@ -18,6 +18,7 @@ from cxrkit.data.errors import CxrError, ImageError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ""}  # "" : DICOM files often have no suffix
+BOX_MAPS = ("bundle", "graph")  # where `cxr predict`'s box maps come from (see predict_files)
 
 
 class PredictError(CxrError):
@@ -159,7 +160,7 @@ def default_workers() -> int:
 
 def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: Sequence[int] | None = None,
                      batch_size: int = 32, workers: int | None = None, gate: Any = "auto",
-                     heatmaps: str | Path | None = None, boxes: bool = True,
+                     heatmaps: str | Path | None = None, boxes: bool = True, box_maps: str = "bundle",
                      progress: bool = True) -> Iterator[list[dict[str, Any]]]:
     """Yield rows batch by batch, in input order (see :func:`predict_files`)."""
     from tqdm import tqdm
@@ -179,8 +180,11 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     window = max(1, batch_size) * 2
     from cxrkit.explain.finding_boxes import graph_cam_serves
 
+    if box_maps not in BOX_MAPS:
+        raise PredictError(f"box maps must be one of {BOX_MAPS}, got {box_maps!r}")
     make_maps = _Maps(predictor)
-    graph_maps = graph_cam_serves(predictor)  # else the bundle's tuned maps come from its torch model
+    # the graph's CAM when it is the bundle's map method (or asked for), else the tuned maps from the torch model
+    graph_maps = box_maps == "graph" or graph_cam_serves(predictor)
     ready, maps_done = None, None  # a batch's rows wait for their boxes until the next batch has been run
 
     def ready_rows(batch):
@@ -310,8 +314,8 @@ def exit_code(counts: dict[str, int]) -> int:
 
 
 def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, workers: int | None = None,
-                  gate: Any = "auto", heatmaps: str | Path | None = None, boxes: bool = True, progress: bool = False,
-                  indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                  gate: Any = "auto", heatmaps: str | Path | None = None, boxes: bool = True, box_maps: str = "bundle",
+                  progress: bool = False, indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Predict every file; one row (dict) per input, in input order.
 
     ``predictor``: a :class:`cxrkit.bundle.Predictor` or :class:`cxrkit.deploy.OnnxPredictor`. ``gate``:
@@ -320,11 +324,13 @@ def predict_files(predictor, paths: Sequence[str | os.PathLike], *, batch_size: 
     findings`` (thresholded with the bundle's thresholds), ``probs`` ({finding: p}), ``quality_ok,
     quality_score, quality_reason, modality, body_part, view, header_ok, header_reason`` [, ``boxes``
     ({positive finding: [[x, y, w, h, score], ...]} in the film's pixels, from :func:`cxrkit.explain.boxes_for`),
-    ``box_method``] [, ``heatmaps``].
+    ``box_method``] [, ``heatmaps``]. ``box_maps``: "bundle" (the bundle's map method; an exported graph's CAM
+    outputs serve only when that is CAM) or "graph" (the graph's CAM whatever the bundle was tuned to: faster,
+    coarser boxes).
     """
     rows: list[dict[str, Any]] = []
     for batch in iter_predictions(predictor, paths, indices=indices, batch_size=batch_size, workers=workers,
-                                  gate=gate, heatmaps=heatmaps, boxes=boxes, progress=progress):
+                                  gate=gate, heatmaps=heatmaps, boxes=boxes, box_maps=box_maps, progress=progress):
         rows += batch
     return rows
 
