@@ -49,17 +49,7 @@ def initialised_from_synthetic(config: dict[str, Any]) -> bool:
 def init_is_synthetic(pretrained: str | None) -> bool:
     """Whether ``--pretrained`` names a cxrkit bundle that was trained, or itself initialised, on synthetic films
     (other weight files carry no such record)."""
-    import json
-    from pathlib import Path
+    from cxrkit.models.imports import source_bundle_config
 
-    if not pretrained:
-        return False
-    path = Path(pretrained.partition(":")[2] if ":" in pretrained and not Path(pretrained).exists() else pretrained)
-    config = path / "config.json" if path.is_dir() else None
-    if config is None or not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-    return trained_on_synthetic(data) or initialised_from_synthetic(data)
+    config = source_bundle_config(pretrained) if pretrained else None
+    return config is not None and (trained_on_synthetic(config) or initialised_from_synthetic(config))

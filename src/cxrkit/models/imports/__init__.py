@@ -94,18 +94,27 @@ def _detect(pretrained: str | Path) -> tuple[str | None, str]:
     return kind, path
 
 
+def source_bundle_config(pretrained: str | Path) -> dict | None:
+    """The config of the cxrkit bundle a --pretrained value names; None for anything else, and for a bundle that
+    cannot be read (that is reported when it is loaded)."""
+    kind, path = _detect(pretrained)
+    if kind != "bundle":
+        return None
+    from cxrkit.bundle.format import read_bundle_config
+
+    try:
+        return read_bundle_config(path)
+    except Exception:  # noqa: BLE001 - reported when the weights are loaded
+        return None
+
+
 def source_arch(pretrained: str | Path) -> str | None:
     """The architecture a --pretrained value fixes (None: it does not say, e.g. a torchvision file or 'hub')."""
     kind, path = _detect(pretrained)
     if kind in _KIND_ARCH:
         return _KIND_ARCH[kind]
     if kind == "bundle":
-        from cxrkit.bundle.format import read_bundle_config
-
-        try:
-            return (read_bundle_config(path).get("model") or {}).get("arch")
-        except Exception:  # noqa: BLE001 - an unreadable bundle is reported when it is loaded
-            return None
+        return ((source_bundle_config(pretrained) or {}).get("model") or {}).get("arch")
     if kind == "cxrkit-backbone":
         from cxrkit.models.imports.backbone_file import read_metadata
 
@@ -113,4 +122,4 @@ def source_arch(pretrained: str | Path) -> str | None:
     return None
 
 
-__all__ = ["source_arch", "KINDS", "ImportWeightsError", "Imported", "backbone_source", "import_weights", "split_kind"]
+__all__ = ["source_arch", "source_bundle_config", "KINDS", "ImportWeightsError", "Imported", "backbone_source", "import_weights", "split_kind"]
