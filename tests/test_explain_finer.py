@@ -253,3 +253,17 @@ def test_tune_boxes_per_finding_round_trips_through_the_bundle(tmp_path, make_ti
     for f, m in chosen.items():  # each finding scored with its own method's maps and parameters
         assert res[f]["acc_iobb@0.5"] == pytest.approx(result["methods"][m][f]["val_acc"])
     assert res["all"]["acc_iobb@0.5"] == pytest.approx(result["overall"]["per-finding"])
+
+
+def test_tune_boxes_default_methods_skip_the_stages_a_model_lacks():
+    """Without a method list, tune-boxes tries every default method and skips (saying why) the LayerCAM stages the
+    model has no layer for; a method asked for by name must work."""
+    pytest.importorskip("pytorch_grad_cam")
+    from cxrkit.explain.box_tuning import TUNE_METHODS, tune_boxes
+
+    pred, cache = two_stage_model(), boxed_cache()  # stride-2 and stride-4 stages, no stride-1 one
+    result = tune_boxes(pred, cache, np.arange(8), batch_size=8, progress=False, per_finding=False)
+    assert set(result["skipped"]) == {"layercam-x8"} and "no layer" in result["skipped"]["layercam-x8"]
+    assert set(result["methods"]) == set(TUNE_METHODS) - {"layercam-x8"}
+    with pytest.raises(ExplainError, match="no layer"):
+        tune_boxes(pred, cache, np.arange(8), methods=("cam", "layercam-x8"), batch_size=8, progress=False)

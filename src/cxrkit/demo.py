@@ -102,10 +102,10 @@ def _tune_boxes(bundle: Path, cache, quiet: bool) -> None:
     import importlib.util
 
     from cxrkit.bundle import load_bundle
-    from cxrkit.explain.box_tuning import TUNE_METHODS, store_tuning, tune_boxes
+    from cxrkit.explain.box_tuning import store_tuning, tune_boxes
 
     # LayerCAM needs the optional grad-cam package (cxrkit[explain]); without it CAM's boxes are still tuned
-    methods = TUNE_METHODS if importlib.util.find_spec("pytorch_grad_cam") else ("cam",)
+    methods = None if importlib.util.find_spec("pytorch_grad_cam") else ("cam",)
     result = tune_boxes(load_bundle(bundle), cache, cache.rows("val"), methods, progress=not quiet)
     store_tuning(bundle, result, "val")
 

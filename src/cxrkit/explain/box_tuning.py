@@ -83,16 +83,19 @@ def choose_per_finding(fitted: dict[str, dict[str, dict]], overall: dict[str, fl
     return {"methods": chosen, "default": default, "val_acc": hits / n, "val_acc_default": hits_default / n}
 
 
-def tune_boxes(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, batch_size: int = 16,
+def tune_boxes(predictor, cache, rows, methods: Sequence[str] | None = None, batch_size: int = 16,
                progress: bool = True, per_finding: bool = True) -> dict:
     """``{"methods": {method: {finding: params + val accuracies}}, "overall": {method: pooled val accuracy},
     "method": the best method}`` on the cache rows' ground-truth boxes; with ``per_finding`` and more than one
     method, also ``"per_finding"`` (:func:`choose_per_finding`) and its pooled accuracy as ``overall["per-finding"]``,
-    which wins "method" only when strictly better than every single method."""
-    from cxrkit.explain.finding_boxes import PER_FINDING
-
+    which wins "method" only when strictly better than every single method. ``methods`` None: :data:`TUNE_METHODS`,
+    skipping (in ``"skipped"``) the LayerCAM stages the model has no layer for; methods given must all work."""
     from cxrkit.explain.cam import concrete_method
+    from cxrkit.explain.finding_boxes import PER_FINDING
     from cxrkit.explain.localisation import boxed_pairs, pair_maps
+
+    optional = () if methods is not None else TUNE_METHODS[1:]  # CAM, first, always works on a cxrkit head
+    methods = TUNE_METHODS if methods is None else methods
 
     pairs, grouped, _ = boxed_pairs(predictor, cache, rows)
     if not len(pairs):
@@ -105,9 +108,8 @@ def tune_boxes(predictor, cache, rows, methods: Sequence[str] = TUNE_METHODS, ba
         try:
             maps = pair_maps(predictor, cache, pairs, concrete, batch_size, progress, desc=f"maps {concrete}")
         except ExplainError as exc:
-            # the default list names stages some models lack (layercam-x8 on a net with no stride-4 layer):
-            # skip those, but a method the caller chose must work
-            if tuple(methods) != TUNE_METHODS or method == methods[0]:
+            # the default list names stages some models lack (layercam-x8 on a net with no stride-4 layer)
+            if method not in optional:
                 raise
             result["skipped"][concrete] = str(exc)
             continue

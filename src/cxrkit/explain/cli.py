@@ -105,8 +105,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                                  f"{RESULTS_NAME}, index.html."),
         method: str = typer.Option("auto", help="Method: auto (the bundle's tuned map method, else cam / attention) "
                                    "| cam | gradcam | gradcam++ | attention | layercam | layercam-x4 | layercam-x8 | "
-                                   "cam-layercam | "
-                                   "per-finding."),
+                                   "cam-layercam | per-finding."),
         findings: Optional[str] = typer.Option(None, help="Comma-separated findings to explain, e.g. "
                                                "Effusion,Cardiomegaly.", show_default="the top-k by probability"),
         top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Explain the K most probable findings.",
@@ -206,9 +205,8 @@ def register_localisation(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(..., help="Model bundle directory; the fitted parameters are stored in it."),
         cache: Path = typer.Argument(..., help="Cache with ground-truth boxes (cxr prepare; phantom sets have them)."),
         split: str = typer.Option("val", help="Split whose boxes the parameters are fitted on."),
-        methods: str = typer.Option("cam,layercam,layercam-x4,layercam-x8,cam-layercam",
-                                    help="Comma-separated map methods to tune (of the default ones, those a model "
-                                         "has no layer for are skipped, saying so)."),
+        methods: Optional[str] = typer.Option(None, help="Comma-separated map methods to tune.",
+                                              show_default="cam, every LayerCAM stage the model has, cam-layercam"),
         set_method: bool = typer.Option(True, help="Make the best method on the split the bundle's map method."),
         per_finding: bool = typer.Option(True, help="Also let each finding keep its own best method ('per-finding',"
                                                     " the map method when it beats every single one)."),
@@ -220,9 +218,9 @@ def register_localisation(app: typer.Typer) -> None:
         from cxrkit import RESEARCH_NOTICE
         from cxrkit.explain.box_tuning import CRITERION, store_tuning, tune_boxes
 
-        chosen = _methods(methods)
+        chosen = None if methods is None else _methods(methods)
         predictor, cache_obj = _open(bundle, cache, device)
-        if "per-finding" in chosen:
+        if chosen is not None and "per-finding" in chosen:
             raise typer.BadParameter("--methods lists the methods to tune; per-finding combines them (--per-finding)")
         result = tune_boxes(predictor, cache_obj, cache_obj.rows(split), chosen, batch_size, progress=not quiet,
                             per_finding=per_finding)
