@@ -60,12 +60,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         Exit status: 0 every input predicted, 1 some inputs failed, 3 every input failed (the results file is
         written in all three cases), 2 the command could not run.
         """
-        from cxrkit.deploy.predict import PredictError, expand_inputs, output_format, run_shard
+        from cxrkit.deploy.predict import BOX_MAPS, PredictError, expand_inputs, output_format, run_shard
         from cxrkit.deploy.runtime import load_fastest
 
         output_format(out)
-        if box_maps not in ("bundle", "graph"):
-            raise PredictError(f"--box-maps must be 'bundle' or 'graph', got {box_maps!r}")
+        if box_maps not in BOX_MAPS:  # before the model loads, not at the first batch
+            raise PredictError(f"--box-maps must be one of {', '.join(BOX_MAPS)}, got {box_maps!r}")
         if heatmaps is not None and backend not in ("torch", "auto"):
             raise PredictError("--heatmaps needs --backend torch (CAM/Grad-CAM need the torch model)")
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))

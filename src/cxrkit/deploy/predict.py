@@ -166,6 +166,7 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     from tqdm import tqdm
 
     from cxrkit.deploy.quality import QualityGate, quality_verdicts
+    from cxrkit.explain.finding_boxes import graph_cam_serves
 
     paths = [Path(p) for p in paths]
     indices = list(range(len(paths))) if indices is None else list(indices)
@@ -178,8 +179,6 @@ def iter_predictions(predictor, paths: Sequence[str | os.PathLike], *, indices: 
     prepare = _prepared(predictor, gate)
     task = (lambda p: _decode_and_prepare(p, predictor, gate)) if prepare else _safe_decode
     window = max(1, batch_size) * 2
-    from cxrkit.explain.finding_boxes import graph_cam_serves
-
     if box_maps not in BOX_MAPS:
         raise PredictError(f"box maps must be one of {BOX_MAPS}, got {box_maps!r}")
     make_maps = _Maps(predictor)
