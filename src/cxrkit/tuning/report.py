@@ -28,10 +28,13 @@ def load_study(out: str | Path, storage: str | None = None, study: str | None = 
         raise TuneError(f"no study {study!r} in {storage}") from exc
 
 
+def _worker(trial) -> dict:
+    return trial.user_attrs.get("worker") or {}  # host, pid, ... as `cxr tune` recorded them
+
+
 def where_ran(trial) -> str:
     """``host pid N`` of the worker that ran a trial (recorded by `cxr tune`), for trials whose folder is elsewhere."""
-    w = trial.user_attrs.get("worker") or {}
-    return f"{w.get('host', '?')} pid {w.get('pid', '?')}"
+    return f"{_worker(trial).get('host', '?')} pid {_worker(trial).get('pid', '?')}"
 
 
 def is_here(trial, out: Path) -> bool:
@@ -153,7 +156,7 @@ def write_report(out: str | Path, storage: str | None = None, study_name: str | 
     figures, notes = [], [summary["elsewhere"]] if "elsewhere" in summary else []
     away = [t for t in study.trials if t.state in finished_states() and not is_here(t, out)]
     if away:
-        hosts = sorted({where_ran(t).split(" pid ")[0] for t in away})
+        hosts = sorted({str(_worker(t).get("host", "?")) for t in away})
         notes.append(f"{len(away)} finished trials ran under another --out (hosts {', '.join(hosts)}): their "
                      "learning curves are empty here; the table and the Optuna figures include them")
     makers = [("Optimisation history", vis.plot_optimization_history),
