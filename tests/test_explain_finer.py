@@ -267,3 +267,38 @@ def test_tune_boxes_default_methods_skip_the_stages_a_model_lacks():
     assert set(result["methods"]) == set(TUNE_METHODS) - {"layercam-x8"}
     with pytest.raises(ExplainError, match="no layer"):
         tune_boxes(pred, cache, np.arange(8), methods=("cam", "layercam-x8"), batch_size=8, progress=False)
+
+
+@pytest.mark.parametrize("method", ["cam", "layercam"])
+@pytest.mark.parametrize("crop", [None, (slice(0, 700), slice(100, 1000))])
+def test_torch_maps_made_at_box_size_give_the_full_size_boxes(make_tiny_bundle, shared_data, tmp_path, method, crop):
+    """predict and the DICOM node make the torch model's maps at most BOX_SIDE px when they are only for boxes
+    (``explain_images(shapes=)``), scaled to the film, as for the graph's CAM: on a real CR film (and a non-square
+    crop) the boxes agree with those of the full-size maps within a map pixel (4 film pixels)."""
+    from cxrkit.data.decode import read_image
+    from cxrkit.explain import explain_images
+    from cxrkit.explain.boxes import iou
+    from cxrkit.explain.finding_boxes import box_map_shape
+
+    image = read_image(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
+    image = np.ascontiguousarray(image[crop]) if crop else image
+    pred = load_bundle(make_tiny_bundle(tmp_path / "b", size=128))
+    names = NAMES[:6]
+    shape = box_map_shape(*image.shape)
+    full = explain_images(pred, [image], names, method=method)[0]
+    small = explain_images(pred, [image], names, method=method, shapes=[shape])[0]
+    assert all(m.shape == shape for m in small.values()) and max(shape) == 256
+    diffs, pairs, mismatched = [], 0, 0
+    for threshold in (0.3, 0.5, 0.7):
+        params = BoxParams(threshold=threshold, min_area_frac=0.001, max_boxes=3)
+        for n in names:
+            a, b = boxes_with(full[n], params), boxes_with(small[n], params, film_shape=image.shape)
+            mismatched += len(a) != len(b)
+            for x, y in zip(a, b):
+                pairs += 1
+                diffs += [abs(p - q) for p, q in zip(x[:4], y[:4])]
+                assert iou(x, y) > 0.8 and abs(x[4] - y[4]) < 0.02
+    assert pairs >= 10 and mismatched <= 1
+    assert np.mean(np.asarray(diffs) <= 4.01) >= 0.95 and np.median(diffs) <= 1.0
+    with pytest.raises(ExplainError, match="shapes has 2 entries for 1 images"):
+        explain_images(pred, [image], names, shapes=[shape, shape])

@@ -49,12 +49,14 @@ def test_node_heatmaps_come_from_the_graph(exported, tmp_path, monkeypatch):
     from cxrkit.deploy.dicom.process import Processor
     from cxrkit.deploy.dicom.spool import Spool
     from cxrkit.explain import explain_images
+    from cxrkit.explain.finding_boxes import box_map_shape
 
     proc = Processor(exported, build_config(spool=tmp_path / "spool", backend="onnx"), Spool(tmp_path / "spool"))
     image = _film()
     out = proc.predictor.predict_full([image])
     names = ["Effusion", "Nodule"]
-    ref = explain_images(proc.explainer(), [image], names)[0]
+    # the node's maps cover the film at box size (at most 256 px), from either source
+    ref = explain_images(proc.explainer(), [image], names, shapes=[box_map_shape(*image.shape)])[0]
 
     def no_torch(*a, **k):
         raise AssertionError("the torch explainer ran although the graph has class maps")
@@ -62,6 +64,7 @@ def test_node_heatmaps_come_from_the_graph(exported, tmp_path, monkeypatch):
     monkeypatch.setattr("cxrkit.explain.explain_images", no_torch)
     maps = proc._heatmaps(image, names, out["cam"][0])
     for name in names:
+        assert maps[name].shape == box_map_shape(*image.shape) == (256, 222)
         assert np.abs(maps[name] - ref[name]).max() < 1e-4
 
 

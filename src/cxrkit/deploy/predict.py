@@ -95,8 +95,8 @@ class _Maps:
 
     def __call__(self, image, names: list[str], cam,
                  shape: tuple[int, int] | None = None) -> tuple[str | None, dict[str, np.ndarray]]:
-        """(method, {finding: map}): maps covering the whole film, at ``shape`` (height, width) when given and the
-        maps come from the graph's class maps (the torch methods make them at the film's size)."""
+        """(method, {finding: map}): maps covering the whole film, at ``shape`` (height, width) when given, else
+        at the film's size."""
         from cxrkit.explain.cam import concrete_method, explain_images, maps_from_graph
 
         if not names:
@@ -105,7 +105,7 @@ class _Maps:
             idx = [self.predictor.label_names.index(n) for n in names]
             return "cam", dict(zip(names, maps_from_graph(self.predictor, cam, idx, *(shape or image.shape))))
         explainer = self.explainer()
-        return concrete_method(explainer), explain_images(explainer, [image], names)[0]
+        return concrete_method(explainer), explain_images(explainer, [image], names, shapes=[shape])[0]
 
 
 def _heatmaps(image, maps: dict, probs: np.ndarray, names: list[str], label_names, boxes: dict, out_dir: Path,

@@ -184,8 +184,8 @@ class Processor:
                 if name not in self.report:
                     continue
                 # up to the bundle's max_boxes per finding (tuned, else 3), found on a map of at most 256 px
-                boxes = tuple(tuple(b[:4]) for b in boxes_for(self.predictor, name, maps[name], method)) \
-                    if name in maps else ()
+                boxes = tuple(tuple(b[:4]) for b in boxes_for(self.predictor, name, maps[name], method,
+                                                              film_shape=film.image.shape)) if name in maps else ()
                 findings.append(FindingResult(name, float(probs[i]), float(self.predictor.thresholds[i]),
                                               bool(pos[j][i]), boxes))
             results.append(FilmResult(
@@ -197,15 +197,19 @@ class Processor:
 
     def _heatmaps(self, image: np.ndarray, names: Sequence[str], cam: np.ndarray | None) -> dict[str, np.ndarray]:
         """Heatmaps of ``names``: from the exported graph's class maps of the same pass when it has them (no second
-        forward), else from the torch model (CAM / attention / Grad-CAM as the bundle's head allows)."""
+        forward), else from the torch model (the bundle's map method). At most 256 px (box_map_shape): the boxes
+        are scaled to the film, the pictures (<= 1024 px) upsample a map made from a 5-40-cell grid anyway, and a
+        full-size map of a 3,000-px CR film is 36 MB and ~10 ms per finding."""
         from cxrkit.explain import explain_images
         from cxrkit.explain.cam import maps_from_graph
+        from cxrkit.explain.finding_boxes import box_map_shape
 
+        shape = box_map_shape(*image.shape)
         if cam is not None:
             idx = [self.label_names.index(n) for n in names]
-            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *image.shape)))
+            return dict(zip(names, maps_from_graph(self.predictor, cam, idx, *shape)))
         try:
-            return explain_images(self.explainer(), [image], list(names))[0]
+            return explain_images(self.explainer(), [image], list(names), shapes=[shape])[0]
         except CxrError as exc:  # a model without a usable CAM layer still gets its SR, without regions
             log.warning("heatmaps unavailable: %s", exc)
             return {}

@@ -41,8 +41,9 @@ class FilmResult:
     """The result for one source film.
 
     ``image``: the decoded uint8 grey film (H x W, as :func:`cxrkit.data.read_image` returns it; same geometry as
-    the source's Rows x Columns). ``heatmaps``: finding name -> [0, 1] float map of shape H x W, for the positive
-    findings (or empty when no heatmap could be made). ``quality_ok``/``quality_reason``: the quality gate.
+    the source's Rows x Columns). ``heatmaps``: finding name -> [0, 1] float map covering the whole film (at most
+    256 px, :func:`cxrkit.explain.finding_boxes.box_map_shape`; the pictures scale it), for the positive findings
+    (or empty when no heatmap could be made). ``quality_ok``/``quality_reason``: the quality gate.
     """
 
     sop_instance_uid: str
