@@ -224,3 +224,21 @@ def test_find_target_layer_on_a_plain_model_skips_the_global_pool():
         find_target_layer(model)
     with pytest.raises(ExplainError, match="4-D"):
         find_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("k,h,size", [(1, 7, 160), (3, 40, 64), (600, 5, 32)])
+def test_maps_to_the_square_match_torch_bilinear(k, h, size):
+    """The OpenCV resize behind every map (up from a feature grid, down from a larger input, more maps than
+    OpenCV's 128 channels) equals torch's half-pixel bilinear resize followed by the per-map peak normalisation."""
+    import torch.nn.functional as F
+
+    from cxrkit.explain.cam import _to_square
+
+    maps = torch.rand(k, h, h, generator=torch.Generator().manual_seed(k))
+    ref = F.interpolate(maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+    ref = (ref / ref.flatten(1).amax(1).view(-1, 1, 1)).clamp(0, 1).numpy()
+    for given in (maps, maps.numpy()):
+        got = _to_square(given, size)
+        assert got.shape == (k, size, size) and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+    assert _to_square(np.zeros((0, 3, 3), np.float32), 8).shape == (0, 8, 8)

@@ -12,7 +12,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
 
@@ -77,7 +76,7 @@ def maps_from_outputs(model: torch.nn.Module, out: dict, method: str = "cam") ->
 def maps_from_graph(predictor, cam: np.ndarray, classes: Sequence[int], height: int, width: int) -> np.ndarray:
     """CAM maps at an image's original size (K x H x W, [0, 1]) from the ``cam`` output (C x h x w) of an exported
     graph for that image: the same normalisation, resize and un-padding as :func:`explain_images`."""
-    square = _to_square_np(np.asarray(cam, dtype=np.float32)[list(classes)], predictor.preresize)
+    square = _to_square(np.asarray(cam, dtype=np.float32)[list(classes)], predictor.preresize)
     fit = square_fit_geometry(height, width, predictor.preresize)
     return np.stack([unfit_map(m, fit, height, width).clip(0.0, 1.0) for m in square]) if len(square) else \
         np.zeros((0, height, width), np.float32)
@@ -88,25 +87,24 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
     return (maps / peak).clamp_(0.0, 1.0)
 
 
-def _to_square_np(maps: np.ndarray, size: int) -> np.ndarray:
-    """:func:`_to_square` for a few small maps already in numpy, with OpenCV (the same half-pixel bilinear
-    resize, within float rounding): called per film on a prediction service's model thread, where torch's
-    intra-op threads wait on each other behind the runtime's and the decoders' (measured on a loaded 2-core
-    machine: 7 ms a map with 2 torch threads, 0.07 ms with OpenCV)."""
+def _to_square(maps: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """K x h x w maps (feature map or model input resolution) -> K x size x size in [0, 1]. Either map spans the
+    whole preresize square, so a plain (half-pixel) bilinear resize aligns it. OpenCV, not torch: this runs per
+    film on a prediction service's model thread, where torch's intra-op threads wait on each other behind the
+    runtime's and the decoders' (measured on a loaded 2-core machine: 7 ms a map with 2 torch threads, 0.07 ms
+    with OpenCV; the maps agree within float rounding)."""
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().float().cpu().numpy()
+    maps = np.asarray(maps, dtype=np.float32)
     if not len(maps):
         return np.zeros((0, size, size), np.float32)
-    # cv2 resizes an h x w x K array in one call (K <= 512 channels)
-    square = cv2.resize(np.ascontiguousarray(maps.transpose(1, 2, 0)), (size, size), interpolation=cv2.INTER_LINEAR)
-    square = square.reshape(size, size, len(maps)).transpose(2, 0, 1)
+    # cv2 resizes an h x w x K array in one call for K <= 128 channels (OpenCV 5; 512 in OpenCV 4)
+    square = np.concatenate([
+        cv2.resize(np.ascontiguousarray(chunk.transpose(1, 2, 0)), (size, size),
+                   interpolation=cv2.INTER_LINEAR).reshape(size, size, len(chunk)).transpose(2, 0, 1)
+        for chunk in (maps[k:k + 128] for k in range(0, len(maps), 128))])
     peak = np.maximum(square.reshape(len(maps), -1).max(axis=1), np.float32(1e-12)).reshape(-1, 1, 1)
     return np.clip(square / peak, 0.0, 1.0).astype(np.float32)
-
-
-def _to_square(maps: torch.Tensor, size: int) -> np.ndarray:
-    """K x h x w maps (feature map or model input resolution) -> K x size x size in [0, 1]. Either map spans the
-    whole preresize square, so a plain bilinear resize aligns it."""
-    maps = F.interpolate(maps.float().cpu().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
-    return _normalise(maps.squeeze(1)).numpy()
 
 
 def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: np.ndarray, method: str,
@@ -125,7 +123,7 @@ def _member_maps(member, square_u8: np.ndarray, image_idx: np.ndarray, classes: 
             x, cls = member.model_input(batch).float(), classes[s:s + batch_size].tolist()
             maps = layercam_maps(model, x, cls, LAYERCAM_FACTOR[concrete]) if concrete in LAYERCAM_FACTOR else \
                 gradcam_maps(model, x, cls, plus_plus=concrete == "gradcam++")
-            out[s:s + batch_size] = _to_square(torch.from_numpy(maps), size)
+            out[s:s + batch_size] = _to_square(maps, size)
         return out
     if concrete == "cam-layercam":
         from cxrkit.explain.finer import fuse
