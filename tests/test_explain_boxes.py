@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cxrkit.data.errors import CxrError
@@ -199,3 +199,27 @@ def test_boxes_of_a_box_size_map_come_back_in_the_films_pixels():
     assert small[0][4] == full[0][4]
     with pytest.raises(ExplainError, match="film_shape"):
         boxes_with(rect(small_shape, 0.25), DEFAULT_PARAMS, film_shape=(0, 1024))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), grid=st.sampled_from([3, 7, 40, 256]), threshold=st.floats(0.2, 0.95),
+       min_area=st.integers(1, 40))
+@example(seed=0, grid=256, threshold=0.9, min_area=1)  # thousands of regions
+@example(seed=0, grid=7, threshold=0.5, min_area=1)    # a few
+def test_boxes_match_a_plain_labelling_of_the_hot_pixels(seed, grid, threshold, min_area):
+    """Every box is one 8-connected hot region of at least min_area pixels, scored with its own peak, whether the
+    map is smooth (few regions: each peak read inside its box) or speckled (hundreds: one pass for all)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    heat = cv2.resize(rng.random((grid, grid)).astype(np.float32), (256, 256), interpolation=cv2.INTER_LINEAR)
+    labels, n = ndimage.label(heat >= threshold * heat.max(), structure=np.ones((3, 3)))
+    want = []
+    for k, region in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[region] == k
+        if inside.sum() >= min_area:
+            ys, xs = region
+            want.append((xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start, float(heat[region][inside].max())))
+    got = boxes_from_heatmap(heat, threshold, min_area)
+    assert sorted(got) == sorted(want)
+    assert [b[4] for b in got] == sorted((b[4] for b in got), reverse=True)

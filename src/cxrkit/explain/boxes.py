@@ -94,16 +94,22 @@ def boxes_from_heatmap(heatmap: np.ndarray, threshold: float | str = 0.5, min_ar
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return []
-    # one pass for every component's peak instead of a masked max per component
-    peaks = np.full(n, -np.inf, dtype=np.float64)
-    np.maximum.at(peaks, labels[mask], heatmap[mask].astype(np.float64))
-    out: list[ScoredBox] = []
-    for k in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[k])
-        if area >= min_area:
-            out.append((x, y, w, h, float(peaks[k])))
+    kept = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
+    if len(kept) <= 32:  # a smooth map's few regions: each peak inside its own box (~0.01 ms each)
+        peaks = {k: _component_peak(heatmap, labels, stats[k], k) for k in kept}
+    else:  # a speckled map: one pass for every component (np.maximum.at costs ~0.4 ms on 256 x 256)
+        every = np.full(n, -np.inf, dtype=np.float64)
+        np.maximum.at(every, labels[mask], heatmap[mask].astype(np.float64))
+        peaks = {k: float(every[k]) for k in kept}
+    out: list[ScoredBox] = [(*(int(v) for v in stats[k, :4]), peaks[k]) for k in kept]
     out.sort(key=lambda b: -b[4])
     return out
+
+
+def _component_peak(heatmap: np.ndarray, labels: np.ndarray, stat: np.ndarray, k: int) -> float:
+    x, y, w, h = (int(v) for v in stat[:4])
+    inside = labels[y:y + h, x:x + w] == k
+    return float(heatmap[y:y + h, x:x + w][inside].max())
 
 
 # -- square-fit geometry ---------------------------------------------------------------------------------
