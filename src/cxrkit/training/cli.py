@@ -36,6 +36,11 @@ def train_command(
                                                      help="Class weight = (negatives/positives) ** POWER: 1 CheXNet's,"
                                                           " 0.5 softer for rare findings, 0 unweighted.",
                                                      show_default="1"),
+    box_supervision: Optional[float] = typer.Option(None, "--box-supervision",
+                                                    help="Share of training films (0-1) whose ground-truth boxes also "
+                                                         "train where each finding is (limited box supervision; "
+                                                         "docs/explain.md). The others train on labels only.",
+                                                    show_default="0: labels only"),
     freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
                                                     "head learns) or partial (the first half of its convolutions).",
                                          show_default="none"),
@@ -78,7 +83,7 @@ def train_command(
                 "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
                 "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
                 "ema_decay": ema_decay, "freeze": freeze, "pos_weight_power": pos_weight_power,
-                "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
+                "box_supervision": box_supervision, "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,

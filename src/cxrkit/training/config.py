@@ -56,6 +56,10 @@ class TrainConfig:
     # CheXNet's class weight is negatives/positives; the power softens it (0.5: its square root) or removes it (0),
     # a searchable loss-weighting strength for rare findings
     pos_weight_power: float = 1.0
+    # limited box supervision (training/box_supervision.py): the share of training films whose boxes train the
+    # patch logits too (0: labels only), and that loss's weight beside the label loss
+    box_supervision: float = 0.0
+    box_loss_weight: float = 1.0
     augment: bool = True
     hflip: bool = True
     rotate_deg: float = 7.0
@@ -141,6 +145,14 @@ class TrainConfig:
         if not 0 <= self.pos_weight_power <= 2:
             problems.append(f"pos_weight_power must be in [0, 2] (0: unweighted BCE, 1: CheXNet's negatives/positives),"
                             f" got {self.pos_weight_power}")
+        if not 0 <= self.box_supervision <= 1:
+            problems.append(f"box_supervision must be in [0, 1] (the share of training films whose boxes are used), "
+                            f"got {self.box_supervision}")
+        elif self.box_supervision > 0 and self.head != "linear":
+            problems.append(f"box_supervision trains the linear head's patch logits; head {self.head!r} has none: "
+                            "use head = 'linear'")
+        if self.box_loss_weight < 0:
+            problems.append(f"box_loss_weight must be >= 0, got {self.box_loss_weight}")
         for name in ("gamma", "contrast", "noise"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")

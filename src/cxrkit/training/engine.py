@@ -146,7 +146,15 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
         raise CacheError(f"cache {cache.path} has {len(train_rows)} {cfg.train_split!r} and {len(val_rows)} "
                          f"{cfg.val_split!r} images; training needs both splits")
     pos_weight = prevalence_pos_weight(cache.labels(train_rows), cfg.pos_weight_power) if cfg.pos_weight else None
-    trainer = Trainer(cfg, len(cache.label_names), pos_weight, device, info)
+    boxes = None
+    if cfg.box_supervision > 0:
+        from cxrkit.training.box_supervision import BoxTargets
+
+        boxes = BoxTargets.from_cache(cache, train_rows, cfg.box_supervision, cfg.seed)
+        if info.is_main and not cfg.quiet:
+            print(f"box supervision: the boxes of {boxes.n_films} of {len(train_rows)} training films "
+                  f"({boxes.n_boxes} boxes); the other films train on their labels only", flush=True)
+    trainer = Trainer(cfg, len(cache.label_names), pos_weight, device, info, boxes=boxes)
     train_loader = _make_loader(cache, train_rows, cfg, info, device, train=True)
     val_loader = _make_loader(cache, val_rows, cfg, info, device, train=False)
     n_micro_all = len(train_loader)
@@ -177,12 +185,13 @@ def _fit(cfg: TrainConfig, cache, run_dir: Path, state: dict | None, info, devic
             t0, seen, pending, shown_loss = time.perf_counter(), 0, 0, float("nan")
             run_loss = torch.zeros((), device=device)
             batches = itertools.islice(iter(train_loader), s["micro"], n_micro)  # resume mid-epoch where we stopped
-            for images, labels, _rows in batches:
+            for images, labels, rows in batches:
                 i = s["micro"]
                 group_start = (i // cfg.accum_steps) * cfg.accum_steps
                 divisor = min(cfg.accum_steps, n_micro - group_start)
                 last_of_group = i + 1 == group_start + divisor
-                loss = trainer.micro_step(images, labels, epoch, i, divisor, sync=last_of_group)
+                loss = trainer.micro_step(images, labels, epoch, i, divisor, sync=last_of_group,
+                                          rows=rows.numpy() if boxes is not None else None)
                 bs = int(images.shape[0])
                 run_loss += loss * bs
                 seen, pending = seen + bs, pending + bs

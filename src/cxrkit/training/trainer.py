@@ -15,6 +15,7 @@ from torch import nn
 from cxrkit.data.errors import CxrError
 from cxrkit.models import GREY_MEAN, GREY_STD, create_model, to_model_input
 from cxrkit.training.augment import AugmentSpec, augment, step_generator
+from cxrkit.training.box_supervision import BoxTargets, patch_loss, warp_masks
 from cxrkit.training.config import TrainConfig
 from cxrkit.training.distributed import DistInfo
 from cxrkit.training.losses import abnormal_target, masked_bce
@@ -35,15 +36,15 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 class _TrainForward(nn.Module):
     """What DDP wraps: logits, plus the abnormality logit when the model has a normal/abnormal head."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, features: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.features = model, features
 
     def forward(self, x: torch.Tensor):
-        if self.model.has_normal_head:
+        if self.model.has_normal_head or self.features:
             out = self.model.forward_all(x)
-            return out["logits"], out["abnormal_logit"]
-        return self.model(x), None
+            return out["logits"], out["abnormal_logit"], out["features"] if self.features else None
+        return self.model(x), None, None
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -82,8 +83,8 @@ class Trainer:
     """Holds the model and optimiser state for a run on one device (one rank of a DDP job)."""
 
     def __init__(self, cfg: TrainConfig, num_classes: int, pos_weight: np.ndarray | None, device: torch.device,
-                 info: DistInfo = DistInfo()):
-        self.cfg, self.device, self.info = cfg, device, info
+                 info: DistInfo = DistInfo(), boxes: BoxTargets | None = None):
+        self.cfg, self.device, self.info, self.boxes = cfg, device, info, boxes
         self.model = build_model(cfg, num_classes).to(device)
         # a network imported with --pretrained KIND:FILE keeps the input normalisation it was trained with
         # (torchxrayvision: [-1024, 1024]); feeding it cxrkit's ImageNet-grey statistics would waste its features
@@ -108,7 +109,7 @@ class Trainer:
             from cxrkit.training.ema import ModelEma
 
             self.ema = ModelEma(self.model, cfg.ema_decay)
-        net: nn.Module = _TrainForward(self.model)
+        net: nn.Module = _TrainForward(self.model, features=boxes is not None)
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -129,9 +130,10 @@ class Trainer:
         return x.contiguous(memory_format=self.memory_format)
 
     def micro_step(self, images_u8: torch.Tensor, labels: torch.Tensor, epoch: int, step: int, divisor: int,
-                   sync: bool = True) -> torch.Tensor:
+                   sync: bool = True, rows: np.ndarray | None = None) -> torch.Tensor:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`optimizer_step`. Returns the
-        (undivided, detached) loss on the device so callers can avoid a per-step host sync."""
+        (undivided, detached) loss on the device so callers can avoid a per-step host sync. ``rows``: the batch's
+        cache rows, for the boxes of box-supervised films."""
         self.model.train()
         if self.frozen_bn:
             from cxrkit.training.freeze import keep_frozen_eval
@@ -143,10 +145,16 @@ class Trainer:
         rng = self._dropout_rng(epoch, step)
         with ctx, rng:
             with self.autocast():
-                logits, abnormal = self.net(x)
+                logits, abnormal, feats = self.net(x)
             loss = masked_bce(logits, labels, self.pos_weight)
             if abnormal is not None:
                 loss = loss + masked_bce(abnormal.unsqueeze(1), abnormal_target(labels).unsqueeze(1))
+            box = self.boxes.batch_masks(rows, self.cfg.image_size) if (self.boxes is not None and rows is not None) else None
+            if box is not None:
+                positions, classes, masks = box
+                masks = warp_masks(torch.from_numpy(masks).to(self.device), positions, x.shape[0], self.aug,
+                                   self.cfg.seed, epoch, step, self.info.rank)
+                loss = loss + self.cfg.box_loss_weight * patch_loss(self.model, feats, positions, classes, masks)
             self.scaler.scale(loss / divisor).backward()
         return loss.detach()
 
