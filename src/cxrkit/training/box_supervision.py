@@ -2,9 +2,15 @@
 
 After Li et al. 2018 ("Thoracic disease identification and localization with limited supervision"): the linear
 head applied at every location of the feature map gives a patch logit per finding (the CAM before its ReLU, whose
-mean is the image logit), and for a film whose finding has a box, the cells the box touches are trained towards
-"finding here" and the others towards "not here". Films without boxes train on their labels only, as before.
-Positive cells are few (a 10-px nodule touches 1-4 of 64), so the two sides are averaged separately.
+mean is the image logit), and for a film whose finding has a box, the patch logits are trained to put the finding
+in the cells the box touches: a cross-entropy between their softmax over the cells and the box's cells (uniform
+over them). Films without boxes train on their labels only, as before.
+
+Why a softmax over the cells and not Li et al.'s per-cell "here / not here" BCE: with global average pooling the
+image logit is the mean of the patch logits, so pushing every cell outside a small box towards "not here" pulls the
+film's own logit down. Measured (docs/explain.md): per-cell BCE on 10 % of the films cost 0.08 of phantom
+validation mean AUROC (0.85 vs 0.93; Hernia 0.56). The softmax is blind to the logits' level, so it only moves
+where the finding is, not whether it is there.
 
 The masks follow the film through the same on-device affine augmentation as its pixels
 (:func:`cxrkit.training.augment.affine_params` with the step's generator), at a quarter of the model's input size,
@@ -93,8 +99,8 @@ def warp_masks(masks: torch.Tensor, positions: np.ndarray, batch: int, spec: Aug
 
 def patch_loss(model, feats: torch.Tensor, positions: np.ndarray, classes: np.ndarray,
                masks: torch.Tensor) -> torch.Tensor:
-    """Balanced BCE of the patch logits (linear head at every feature-map cell) of each supervised pair against
-    the cells its boxes touch."""
+    """Cross-entropy of each supervised pair's patch logits (the linear head at every feature-map cell), as a
+    softmax over the cells, against the cells its boxes touch (uniform over them)."""
     head = getattr(model, "head", None)
     fc = getattr(head, "fc", None)
     if fc is None:
@@ -103,10 +109,10 @@ def patch_loss(model, feats: torch.Tensor, positions: np.ndarray, classes: np.nd
     pos_t = torch.as_tensor(positions, device=feats.device)
     cls_t = torch.as_tensor(classes, device=feats.device)
     f = feats[pos_t].float()                                       # P x F x h x w
-    logits = torch.einsum("pf,pfhw->phw", fc.weight[cls_t].float(), f) + fc.bias[cls_t].float().view(-1, 1, 1)
-    target = (F.adaptive_max_pool2d(masks.to(feats.device), f.shape[-2:]) > 0.5).float().squeeze(1)
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    pos, neg = target.sum(dim=(1, 2)), (1 - target).sum(dim=(1, 2))
-    per_pair = 0.5 * ((loss * target).sum(dim=(1, 2)) / pos.clamp_min(1)
-                      + (loss * (1 - target)).sum(dim=(1, 2)) / neg.clamp_min(1))
-    return per_pair.mean()
+    logits = torch.einsum("pf,pfhw->phw", fc.weight[cls_t].float(), f).flatten(1)  # the bias shifts every cell alike
+    target = (F.adaptive_max_pool2d(masks.to(feats.device), f.shape[-2:]) > 0.5).float().flatten(1)
+    keep = target.sum(dim=1) > 0  # a box warped off the film leaves nothing to aim at
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    target = target[keep] / target[keep].sum(dim=1, keepdim=True)
+    return -(target * torch.log_softmax(logits[keep], dim=1)).sum(dim=1).mean()
