@@ -95,14 +95,15 @@ def test_the_patch_loss_rewards_logits_that_are_high_on_the_box_and_needs_a_line
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 4:8, 8:12] = 1.0
     feats = torch.full((2, 4, 4, 4), -3.0)
-    feats[1, 0, 1, 2] = 3.0  # film 1, class 1: hot exactly in the box's cell
+    feats[1, 0, 1, 2] = 9.0  # film 1, class 1: hot exactly in the box's cell
     right = float(patch_loss(model, feats, np.array([1]), np.array([1]), mask))
     flat = float(patch_loss(model, feats, np.array([0]), np.array([1]), mask))  # film 0 is cold everywhere
-    assert right < 0.1 and flat == pytest.approx(np.log(16), abs=1e-4)  # uniform over the 16 cells
-    # blind to the level: the same map shifted by a constant (the film's logit) costs the same
-    shifted = feats.clone()
-    shifted[1, 0] += 5.0
-    assert float(patch_loss(model, shifted, np.array([1]), np.array([1]), mask)) == pytest.approx(right, abs=1e-5)
+    assert right < 0.1 * flat and flat == pytest.approx(np.log(16), abs=1e-4)  # uniform over the 16 cells
+    # blind to the level and the scale: the same map shifted (the film's logit) or scaled costs the same
+    for changed in (feats[1:2, 0] + 5.0, feats[1:2, 0] * 4.0):
+        other = feats.clone()
+        other[1, 0] = changed
+        assert float(patch_loss(model, other, np.array([1]), np.array([1]), mask)) == pytest.approx(right, abs=1e-5)
     off = torch.zeros_like(mask)  # a box warped off the film: nothing to aim at, no loss, still differentiable
     assert float(patch_loss(model, feats, np.array([1]), np.array([1]), off)) == 0.0
     model.head.fc = None
