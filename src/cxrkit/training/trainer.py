@@ -34,7 +34,8 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class _TrainForward(nn.Module):
-    """What DDP wraps: logits, plus the abnormality logit when the model has a normal/abnormal head."""
+    """What DDP wraps: logits, plus the abnormality logit when the model has a normal/abnormal head and the
+    feature map when box supervision needs it (None otherwise)."""
 
     def __init__(self, model: nn.Module, features: bool = False):
         super().__init__()
@@ -149,8 +150,8 @@ class Trainer:
             loss = masked_bce(logits, labels, self.pos_weight)
             if abnormal is not None:
                 loss = loss + masked_bce(abnormal.unsqueeze(1), abnormal_target(labels).unsqueeze(1))
-            box = self.boxes.batch_masks(rows, self.cfg.image_size) if (self.boxes is not None and rows is not None) else None
-            if box is not None:
+            box = None if self.boxes is None or rows is None else self.boxes.batch_masks(rows, self.cfg.image_size)
+            if box is not None:  # the training loss logged per epoch includes this term
                 positions, classes, masks = box
                 masks = warp_masks(torch.from_numpy(masks).to(self.device), positions, x.shape[0], self.aug,
                                    self.cfg.seed, epoch, step, self.info.rank)
