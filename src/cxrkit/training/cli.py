@@ -41,6 +41,9 @@ def train_command(
                                                          "train where each finding is (limited box supervision; "
                                                          "docs/explain.md). The others train on labels only.",
                                                     show_default="0: labels only"),
+    box_loss_weight: Optional[float] = typer.Option(None, "--box-loss-weight",
+                                                    help="Weight of the box loss beside the label loss.",
+                                                    show_default="0.5"),
     freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
                                                     "head learns) or partial (the first half of its convolutions).",
                                          show_default="none"),
@@ -83,7 +86,8 @@ def train_command(
                 "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "image_size": image_size,
                 "precision": precision, "compile": compile, "channels_last": channels_last, "select": select,
                 "ema_decay": ema_decay, "freeze": freeze, "pos_weight_power": pos_weight_power,
-                "box_supervision": box_supervision, "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
+                "box_supervision": box_supervision, "box_loss_weight": box_loss_weight,
+                "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
                 "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
