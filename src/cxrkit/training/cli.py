@@ -43,7 +43,7 @@ def train_command(
                                                     show_default="0: labels only"),
     box_loss_weight: Optional[float] = typer.Option(None, "--box-loss-weight",
                                                     help="Weight of the box loss beside the label loss.",
-                                                    show_default="0.5"),
+                                                    show_default="0.1"),
     freeze: Optional[str] = typer.Option(None, help="Backbone weights kept fixed: none, linear-probe (all: only the "
                                                     "head learns) or partial (the first half of its convolutions).",
                                          show_default="none"),

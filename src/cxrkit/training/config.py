@@ -59,7 +59,7 @@ class TrainConfig:
     # limited box supervision (training/box_supervision.py): the share of training films whose boxes train the
     # patch logits too (0: labels only), and that loss's weight beside the label loss
     box_supervision: float = 0.0
-    box_loss_weight: float = 0.5
+    box_loss_weight: float = 0.1
     augment: bool = True
     hflip: bool = True
     rotate_deg: float = 7.0
