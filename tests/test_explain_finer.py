@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from box_agreement import assert_box_size_maps_agree
 from torch import nn
 
 from cxrkit.bundle import Predictor, load_bundle, read_bundle_config, write_bundle_config
@@ -277,7 +278,6 @@ def test_torch_maps_made_at_box_size_give_the_full_size_boxes(make_tiny_bundle, 
     crop) the boxes agree with those of the full-size maps within a map pixel (4 film pixels)."""
     from cxrkit.data.decode import read_image
     from cxrkit.explain import explain_images
-    from cxrkit.explain.boxes import iou
     from cxrkit.explain.finding_boxes import box_map_shape
 
     image = read_image(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
@@ -288,17 +288,6 @@ def test_torch_maps_made_at_box_size_give_the_full_size_boxes(make_tiny_bundle, 
     full = explain_images(pred, [image], names, method=method)[0]
     small = explain_images(pred, [image], names, method=method, shapes=[shape])[0]
     assert all(m.shape == shape for m in small.values()) and max(shape) == 256
-    diffs, pairs, mismatched = [], 0, 0
-    for threshold in (0.3, 0.5, 0.7):
-        params = BoxParams(threshold=threshold, min_area_frac=0.001, max_boxes=3)
-        for n in names:
-            a, b = boxes_with(full[n], params), boxes_with(small[n], params, film_shape=image.shape)
-            mismatched += len(a) != len(b)
-            for x, y in zip(a, b):
-                pairs += 1
-                diffs += [abs(p - q) for p, q in zip(x[:4], y[:4])]
-                assert iou(x, y) > 0.8 and abs(x[4] - y[4]) < 0.02
-    assert pairs >= 10 and mismatched <= 1
-    assert np.mean(np.asarray(diffs) <= 4.01) >= 0.95 and np.median(diffs) <= 1.0
+    assert_box_size_maps_agree(((full[n], small[n]) for n in names), image.shape, score_tol=0.02)
     with pytest.raises(ExplainError, match="shapes has 2 entries for 1 images"):
         explain_images(pred, [image], names, shapes=[shape, shape])

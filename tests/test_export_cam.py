@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from box_agreement import assert_box_size_maps_agree
 
 pytest.importorskip("onnxruntime")
 
@@ -75,9 +76,8 @@ def test_boxes_from_box_size_maps_match_the_full_size_maps(exported, shared_data
     agree with the full-size extraction within one map pixel (4 film pixels), up to a rare threshold-edge case."""
     from cxrkit.data.decode import read_image
     from cxrkit.deploy.onnx_runtime import load_predictor
-    from cxrkit.explain.boxes import iou
     from cxrkit.explain.cam import maps_from_graph
-    from cxrkit.explain.finding_boxes import BoxParams, box_map_shape, boxes_with
+    from cxrkit.explain.finding_boxes import box_map_shape
 
     image = read_image(shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm")
     image = np.ascontiguousarray(image[crop]) if crop else image
@@ -87,18 +87,7 @@ def test_boxes_from_box_size_maps_match_the_full_size_maps(exported, shared_data
     full = maps_from_graph(graph, cam, classes, *image.shape)
     small = maps_from_graph(graph, cam, classes, *box_map_shape(*image.shape))
     assert small.shape[1:] == box_map_shape(*image.shape) and max(small.shape[1:]) == 256
-    diffs, pairs, mismatched = [], 0, 0
-    for threshold in (0.3, 0.5, 0.7):
-        params = BoxParams(threshold=threshold, min_area_frac=0.001, max_boxes=3)
-        for m_full, m_small in zip(full, small):
-            a, b = boxes_with(m_full, params), boxes_with(m_small, params, film_shape=image.shape)
-            mismatched += len(a) != len(b)
-            for x, y in zip(a, b):
-                pairs += 1
-                diffs += [abs(p - q) for p, q in zip(x[:4], y[:4])]
-                assert iou(x, y) > 0.8 and abs(x[4] - y[4]) < 0.01
-    assert pairs >= 10 and mismatched <= 1
-    assert np.mean(np.asarray(diffs) <= 4.01) >= 0.95 and np.median(diffs) <= 1.0
+    assert_box_size_maps_agree(zip(full, small), image.shape, score_tol=0.01)
 
 
 def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, shared_data, tmp_path):
