@@ -65,7 +65,7 @@ def figure(result: dict, path: str | Path, t: float = 0.5) -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"accuracy at T(IoBB)={t:g}")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.legend(fontsize=7, ncol=len(VARIANTS) * max(1, min(len(methods), 5)) // len(VARIANTS),
+    ax.legend(fontsize=7, ncol=max(1, min(len(methods), 5)),  # a column per method, a row per rule
               loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     ax.set_title("Localisation (ChestX-ray8 protocol) - research use only")
     fig.tight_layout()

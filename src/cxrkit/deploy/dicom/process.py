@@ -199,7 +199,7 @@ class Processor:
         """Heatmaps of ``names``: from the exported graph's class maps of the same pass when it has them (no second
         forward), else from the torch model (the bundle's map method). At most 256 px (box_map_shape): the boxes
         are scaled to the film, the pictures (<= 1024 px) upsample a map made from a 5-40-cell grid anyway, and a
-        full-size map of a 3,000-px CR film is 36 MB and ~10 ms per finding."""
+        full-size map of a 3,000-px CR film is 36 MB per finding."""
         from cxrkit.explain import explain_images
         from cxrkit.explain.cam import maps_from_graph
         from cxrkit.explain.finding_boxes import box_map_shape
