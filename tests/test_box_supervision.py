@@ -107,7 +107,7 @@ def test_the_patch_loss_rewards_logits_that_are_high_on_the_box_and_needs_a_line
     off = torch.zeros_like(mask)  # a box warped off the film: nothing to aim at, no loss, still differentiable
     assert float(patch_loss(model, feats, np.array([1]), np.array([1]), off)) == 0.0
     model.head.fc = None
-    with pytest.raises(CxrError, match="linear head"):
+    with pytest.raises(CxrError, match="linear or LSE head"):
         patch_loss(model, feats, np.array([1]), np.array([1]), mask)
 
 
@@ -119,6 +119,11 @@ def test_box_supervision_options_are_checked():
         TrainConfig(**base, box_supervision=0.5, head="attention").validate()
     with pytest.raises(ConfigError, match="box_loss_weight"):
         TrainConfig(**base, box_loss_weight=-1).validate()
+    TrainConfig(**base, box_supervision=0.5, head="lse").validate()  # LSE pools the same patch logits
+    with pytest.raises(ConfigError, match="lse_r must be > 0"):
+        TrainConfig(**base, head="lse", lse_r=0).validate()
+    with pytest.raises(ConfigError, match="head must be one of"):
+        TrainConfig(**base, head="gap").validate()
 
 
 def test_a_box_supervised_run_trains_and_records_it(phantom_cache, tmp_path, capsys):

@@ -47,6 +47,20 @@ def films(shared_data):
     return [read_image(p) for p in sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:12]]
 
 
+def test_an_lse_head_bundle_exports_with_its_cam(tmp_path, films):
+    """LSE pooling (ReduceLogSumExp in the graph) and its CAM output match the torch predictor."""
+    torch.manual_seed(0)
+    save_bundle(tmp_path, create_model("cxr_tiny", 14, head="lse", lse_r=5.0), label_names=NIH_FINDINGS,
+                input_size=64, preresize=64, mean=0.449, std=0.226)
+    report = export_onnx(tmp_path)
+    assert report["max_abs_diff"] <= 1e-4
+    torch_pred, onnx_pred = load_bundle(tmp_path), load_predictor(tmp_path, "onnx")
+    assert torch_pred.model.spec()["lse_r"] == 5.0
+    np.testing.assert_allclose(onnx_pred.predict_full(films[:4])["probs"], torch_pred.predict_full(films[:4])["probs"],
+                               atol=1e-4)
+    assert "cam" in [o.name for o in onnx.load(report["path"]).graph.output]
+
+
 def test_onnx_parity_covers_geometry_and_calibration(exported, films):
     b, report = exported
     assert report["max_abs_diff"] <= 1e-4 and report["path"].endswith("model.onnx")

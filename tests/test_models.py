@@ -56,6 +56,49 @@ def test_attention_head_maps_and_normal_head():
     assert o["attention"] is None and o["abnormal_logit"] is None
 
 
+def test_lse_head_pools_the_patch_logits_between_their_mean_and_their_max():
+    """LSE pooling of the linear head's patch logits: near average pooling (the linear head's logit) for a small r,
+    near the hottest cell for a large one, always between the two; r and the head round-trip through the spec."""
+    torch.manual_seed(0)
+    feats, weight, bias = torch.randn(3, 256, 5, 5), torch.randn(4, 256) * 0.1, torch.randn(4)
+    logits = {}
+    for r in (0.01, 5.0, 1e3):
+        model = create_model("cxr_tiny", 4, head="lse", lse_r=r).eval()
+        with torch.no_grad():
+            model.head.fc.weight.copy_(weight)
+            model.head.fc.bias.copy_(bias)
+            logits[r], _ = model.head(feats)
+        assert model.spec()["head"] == "lse" and model.spec()["lse_r"] == r
+    w, b = model.head.fc.weight, model.head.fc.bias
+    patch = torch.einsum("cf,bfhw->bchw", w, feats).flatten(2) + b[:, None]
+    mean, peak = patch.mean(-1), patch.amax(-1)
+    for r, got in logits.items():  # the definition, in float64
+        p64 = patch.double()
+        ref = torch.log(torch.exp(r * (p64 - p64.amax(-1, keepdim=True))).mean(-1)) / r + p64.amax(-1)
+        torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits[0.01], mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(logits[1e3], peak, atol=0.01, rtol=0)
+    assert bool((logits[5.0] >= mean - 1e-5).all() and (logits[5.0] <= peak + 1e-5).all())
+    assert bool((logits[5.0] > mean + 0.05).any())  # r = 5 really sharpens
+    linear = create_model("cxr_tiny", 4).eval()
+    linear.head.load_state_dict(model.head.state_dict())  # same weights, same names
+    torch.testing.assert_close(linear.head(feats)[0], mean, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="r > 0"):
+        create_model("cxr_tiny", 4, head="lse", lse_r=0.0)
+
+
+def test_cam_of_an_lse_head_is_its_patch_logits():
+    from cxrkit.explain.cam import maps_from_outputs, resolve_method
+
+    model = create_model("cxr_tiny", 3, head="lse").eval()
+    assert resolve_method(model, "auto") == "cam"
+    with torch.inference_mode():
+        out = model.forward_all(torch.rand(2, 1, 64, 64))
+        cam = maps_from_outputs(model, out, "cam")
+    expected = torch.relu(torch.einsum("cf,bfhw->bchw", model.head.fc.weight, out["features"]))
+    torch.testing.assert_close(cam, expected)
+
+
 def test_pretrained_torchvision_pth_into_densenet(tmp_path):
     from torchvision.models import densenet121
 

@@ -55,7 +55,9 @@ def _graph_module(model):
 
 
 def _has_cam(model) -> bool:
-    return getattr(model, "head_type", None) in ("linear", "attention")
+    from cxrkit.models.heads import CAM_HEADS
+
+    return getattr(model, "head_type", None) in CAM_HEADS
 
 
 def _output_names(model) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cxrkit.explain.boxes import ExplainError, square_fit_geometry, unfit_map
+from cxrkit.models.heads import CAM_HEADS, PATCH_LOGIT_HEADS
 
 log = logging.getLogger(__name__)
 METHODS = ("auto", "cam", "gradcam", "gradcam++", "attention", "layercam", "layercam-x4", "layercam-x8",
@@ -41,12 +42,12 @@ def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
     head = getattr(model, "head_type", None)
     if method == "auto":
-        return {"linear": "cam", "attention": "attention"}.get(head, "gradcam")
+        return {"linear": "cam", "lse": "cam", "attention": "attention"}.get(head, "gradcam")
     if method == "attention" and head != "attention":
         raise ExplainError(f"method 'attention' needs an attention-head model, this one has head {head!r}; use "
                            "'cam', 'gradcam' or 'auto'")
-    if method in ("cam", "cam-layercam") and head not in ("linear", "attention"):
-        raise ExplainError(f"method {method!r} needs a cxrkit linear or attention head on a feature map; use "
+    if method in ("cam", "cam-layercam") and head not in CAM_HEADS:
+        raise ExplainError(f"method {method!r} needs a cxrkit linear, LSE or attention head on a feature map; use "
                            "'gradcam' or 'layercam'")
     return method
 
@@ -55,7 +56,7 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Te
     """Feature-resolution maps of every class (B x C x h x w, >= 0, unnormalised), ``method`` "cam" or "attention".
 
     CAM (Zhou et al. 2016) for global-average-pooling + linear: M_c = ReLU(sum_k w_ck f_k), the map whose mean is the
-    logit minus its bias. For the attention head the same decomposition gives each location's contribution to the
+    logit minus its bias (for the LSE head the same patch logits, LSE-pooled into the logit). For the attention head the same decomposition gives each location's contribution to the
     logit, a_c(s) * (w_c . f(s)); "attention" returns a_c itself.
     """
     return maps_from_outputs(model, model.forward_all(x), method)
@@ -67,7 +68,7 @@ def maps_from_outputs(model: torch.nn.Module, out: dict, method: str = "cam") ->
     if method == "attention":
         return out["attention"].float()
     feats = out["features"].float()
-    if model.head_type == "linear":
+    if model.head_type in PATCH_LOGIT_HEADS:
         return torch.relu(torch.einsum("cf,bfhw->bchw", model.head.fc.weight.float(), feats))
     contrib = torch.einsum("cf,bfhw->bchw", model.head.weight.float(), feats) * out["attention"].float()
     return torch.relu(contrib)

@@ -1,6 +1,8 @@
 """Classification heads on top of a B x F x h x w feature map."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -40,4 +42,31 @@ class AttentionHead(nn.Module):
         return logits, attn.view(b, -1, h, w)
 
 
-HEADS = {"linear": LinearHead, "attention": AttentionHead}
+class LSEHead(nn.Module):
+    """Class-wise log-sum-exp pooling of patch logits (LSE pooling, as in ChestX-ray8, Wang et al. 2017, but over
+    each finding's patch logits rather than the features, so the CAM is still the map the logit is pooled from).
+
+    logit_c = b_c + (1/r) log mean_s exp(r w_c . f(s)): r -> 0 is average pooling (the linear head), r -> inf
+    max pooling. Average pooling dilutes a finding that fills one cell of the map (a nodule) by the number of
+    cells; LSE lets the hottest cells decide. The weights have the linear head's shape and name (``fc``), so CAM,
+    box supervision and weight imports treat both alike; CAM's exactness (its mean is the logit) does not hold.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0, r: float = 5.0):
+        super().__init__()
+        if not r > 0:
+            raise ValueError(f"LSE pooling needs r > 0, got {r}")
+        self.r = float(r)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, None]:
+        patch = torch.einsum("cf,bfhw->bchw", self.fc.weight, self.drop(feats)).flatten(2)  # B x C x hw
+        pooled = (torch.logsumexp(self.r * patch, dim=-1) - math.log(patch.shape[-1])) / self.r
+        return pooled + self.fc.bias, None
+
+
+HEADS = {"linear": LinearHead, "attention": AttentionHead, "lse": LSEHead}
+# heads whose patch logits are fc.weight . f(s) at every cell: CAM reads them, box supervision trains them
+PATCH_LOGIT_HEADS = ("linear", "lse")
+CAM_HEADS = PATCH_LOGIT_HEADS + ("attention",)  # heads CAM has a map for (the attention head weighs it by a_c)

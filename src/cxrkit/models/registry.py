@@ -27,14 +27,15 @@ class ChannelStem(nn.Module):
 
 
 class CXRModel(nn.Module):
-    """backbone -> feature map -> head (linear or class-wise attention) [+ normal/abnormal head].
+    """backbone -> feature map -> head (linear, class-wise attention or LSE pooling) [+ normal/abnormal head].
 
     ``forward(x)`` returns finding logits (B x C). ``forward_all(x)`` also returns the feature map, the attention
     maps (attention head) and the abnormality logit (normal head), for training, CAM and triage.
     """
 
     def __init__(self, arch: str, num_classes: int, *, in_chans: int = 1, head: str = "linear",
-                 normal_head: bool = False, drop_rate: float = 0.0, stem: dict | None = None):
+                 normal_head: bool = False, drop_rate: float = 0.0, stem: dict | None = None,
+                 lse_r: float = 5.0):
         super().__init__()
         if head not in HEADS:
             raise CxrError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
@@ -43,7 +44,9 @@ class CXRModel(nn.Module):
         self.stem_spec = dict(stem) if stem else None
         self.stem = ChannelStem(stem["mean"], stem["std"]) if stem else None
         self.backbone, self.num_features = build_backbone(arch, len(stem["mean"]) if stem else in_chans)
-        self.head = HEADS[head](self.num_features, num_classes, drop_rate)
+        self.lse_r = float(lse_r)
+        head_args = {"r": self.lse_r} if head == "lse" else {}
+        self.head = HEADS[head](self.num_features, num_classes, drop_rate, **head_args)
         self.normal_head = nn.Linear(self.num_features, 1) if normal_head else None
 
     def spec(self) -> dict:
@@ -52,6 +55,8 @@ class CXRModel(nn.Module):
                 "head": self.head_type, "normal_head": self.has_normal_head, "drop_rate": self.drop_rate}
         if self.stem_spec:
             spec["stem"] = self.stem_spec
+        if self.head_type == "lse":
+            spec["lse_r"] = self.lse_r
         return spec
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +82,7 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int, pretrained: str | Path | None = None, *, in_chans: int = 1,
                  head: str = "linear", normal_head: bool = False, drop_rate: float = 0.0,
-                 stem: dict | None = None) -> CXRModel:
+                 stem: dict | None = None, lse_r: float = 5.0) -> CXRModel:
     """Build a classifier. ``pretrained``: None (random init), a local weights file (torchvision/timm state dict,
     .pth or .safetensors), a cxrkit bundle directory (fine-tune from it), ``"KIND:FILE"`` with an import kind of
     :mod:`cxrkit.models.imports` (e.g. ``xrv-densenet121:weights.pt``: backbone weights, input stem and input
@@ -99,7 +104,7 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
                                f" pass --arch {imported.arch}")
             stem = imported.stem
     model = CXRModel(name, num_classes, in_chans=in_chans, head=head, normal_head=normal_head, drop_rate=drop_rate,
-                     stem=stem)
+                     stem=stem, lse_r=lse_r)
     if pretrained is None:
         return model
     if imported is not None:

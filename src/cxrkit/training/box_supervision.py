@@ -102,13 +102,13 @@ def warp_masks(masks: torch.Tensor, positions: np.ndarray, batch: int, spec: Aug
 
 def patch_loss(model, feats: torch.Tensor, positions: np.ndarray, classes: np.ndarray,
                masks: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each supervised pair's patch logits (the linear head at every feature-map cell), as a
+    """Cross-entropy of each supervised pair's patch logits (the linear or LSE head at every feature-map cell), as a
     softmax over the cells, against the cells its boxes touch (uniform over them)."""
     head = getattr(model, "head", None)
     fc = getattr(head, "fc", None)
     if fc is None:
-        raise CxrError("--box-supervision needs the linear head (patch logits are its weights at every cell); "
-                       "train with --head linear")
+        raise CxrError("--box-supervision needs the linear or LSE head (patch logits are its weights at every "
+                       "cell); train with --head linear or --head lse")
     pos_t = torch.as_tensor(positions, device=feats.device)
     cls_t = torch.as_tensor(classes, device=feats.device)
     f = feats[pos_t].float()                                       # P x F x h x w

@@ -56,7 +56,11 @@ def train_command(
     pretrained: Optional[str] = typer.Option(None, help="Backbone initialisation: a torchvision/timm weights file, "
                                                         "a bundle folder, KIND:FILE (e.g. xrv-densenet121:FILE; "
                                                         "see cxr import) or 'hub'."),
-    head: Optional[str] = typer.Option(None, help="Classifier head: linear | attention.", show_default="linear"),
+    head: Optional[str] = typer.Option(None, help="Classifier head: linear | attention | lse (log-sum-exp pooling "
+                                                  "of the patch logits, for small findings; docs/explain.md).",
+                                       show_default="linear"),
+    lse_r: Optional[float] = typer.Option(None, help="LSE pooling's sharpness (--head lse): near 0 average, large "
+                                                     "max pooling.", show_default="5"),
     normal_head: Optional[bool] = typer.Option(None, "--normal-head/--no-normal-head",
                                                help="Add a normal-vs-abnormal output beside the findings.",
                                                show_default="off"),
@@ -89,7 +93,7 @@ def train_command(
                 "box_supervision": box_supervision, "box_loss_weight": box_loss_weight,
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
-                "head": head, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
+                "head": head, "lse_r": lse_r, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
                 "quality_gate": quality_gate, "export": export}
     stored = out / CONFIG_NAME

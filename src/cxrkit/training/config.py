@@ -35,7 +35,8 @@ class TrainConfig:
     out: str = ""
     arch: str = "densenet121"
     pretrained: str | None = None
-    head: str = "linear"
+    head: str = "linear"  # linear (CheXNet) | attention | lse (log-sum-exp pooling of the patch logits)
+    lse_r: float = 5.0  # LSE pooling's sharpness (head "lse" only)
     normal_head: bool = False
     drop_rate: float = 0.0
     image_size: int = 224
@@ -120,6 +121,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; returns self so it chains. Raises :class:`ConfigError`."""
+        from cxrkit.models.heads import HEADS, PATCH_LOGIT_HEADS  # here: importing torch is for training time
+
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -148,9 +151,14 @@ class TrainConfig:
         if not 0 <= self.box_supervision <= 1:
             problems.append(f"box_supervision must be in [0, 1] (the share of training films whose boxes are used), "
                             f"got {self.box_supervision}")
-        elif self.box_supervision > 0 and self.head != "linear":
-            problems.append(f"box_supervision trains the linear head's patch logits; head {self.head!r} has none: "
-                            "use head = 'linear'")
+        elif self.box_supervision > 0 and self.head not in PATCH_LOGIT_HEADS:
+            problems.append(f"box_supervision trains the head's patch logits; head {self.head!r} has none: "
+                            "use head = 'linear' or 'lse'")
+        if self.head not in HEADS:
+            problems.append(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
+        if not self.lse_r > 0:
+            problems.append(f"lse_r must be > 0 (LSE pooling's sharpness: small is average, large is max pooling), "
+                            f"got {self.lse_r}")
         if self.box_loss_weight < 0:
             problems.append(f"box_loss_weight must be >= 0, got {self.box_loss_weight}")
         for name in ("gamma", "contrast", "noise"):

@@ -56,7 +56,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         # ChannelStem), so the bundle's one-channel input contract stays and every consumer works unchanged
         stem = {"mean": [0.0] * 3, "std": [1.0] * 3} if cfg.input_channels == 3 else None
         return create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, head=cfg.head,
-                            normal_head=cfg.normal_head, drop_rate=cfg.drop_rate, stem=stem)
+                            normal_head=cfg.normal_head, drop_rate=cfg.drop_rate, stem=stem, lse_r=cfg.lse_r)
 
 
 def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
