@@ -55,7 +55,7 @@ def _graph_module(model):
 
 
 def _has_cam(model) -> bool:
-    from cxrkit.models.heads import CAM_HEADS
+    from cxrkit.models.heads import CAM_HEADS  # torch: imported where a model is already at hand
 
     return getattr(model, "head_type", None) in CAM_HEADS
 

@@ -56,8 +56,9 @@ def class_maps(model: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Te
     """Feature-resolution maps of every class (B x C x h x w, >= 0, unnormalised), ``method`` "cam" or "attention".
 
     CAM (Zhou et al. 2016) for global-average-pooling + linear: M_c = ReLU(sum_k w_ck f_k), the map whose mean is the
-    logit minus its bias (for the LSE head the same patch logits, LSE-pooled into the logit). For the attention head the same decomposition gives each location's contribution to the
-    logit, a_c(s) * (w_c . f(s)); "attention" returns a_c itself.
+    logit minus its bias (for the LSE head the same patch logits, LSE-pooled into the logit). For the attention
+    head the same decomposition gives each location's contribution to the logit, a_c(s) * (w_c . f(s));
+    "attention" returns a_c itself.
     """
     return maps_from_outputs(model, model.forward_all(x), method)
 
