@@ -42,7 +42,7 @@ def resolve_method(model: torch.nn.Module, method: str = "auto") -> str:
         raise ExplainError(f"unknown explanation method {method!r}; choose one of {METHODS}")
     head = getattr(model, "head_type", None)
     if method == "auto":
-        return {"linear": "cam", "lse": "cam", "attention": "attention"}.get(head, "gradcam")
+        return "attention" if head == "attention" else "cam" if head in PATCH_LOGIT_HEADS else "gradcam"
     if method == "attention" and head != "attention":
         raise ExplainError(f"method 'attention' needs an attention-head model, this one has head {head!r}; use "
                            "'cam', 'gradcam' or 'auto'")

@@ -93,7 +93,8 @@ def train_command(
                 "box_supervision": box_supervision, "box_loss_weight": box_loss_weight,
                 "early_stop_patience": early_stop, "checkpoint_every": checkpoint_every,
                 "max_steps_per_epoch": max_steps, "seed": seed, "device": device, "pretrained": pretrained,
-                "head": head, "lse_r": lse_r, "normal_head": normal_head, "augment": augment, "num_threads": num_threads,
+                "head": head, "lse_r": lse_r, "normal_head": normal_head, "augment": augment,
+                "num_threads": num_threads,
                 "deterministic": deterministic, "quiet": quiet or None, "tensorboard": tensorboard,
                 "quality_gate": quality_gate, "export": export}
     stored = out / CONFIG_NAME
