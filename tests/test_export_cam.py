@@ -25,8 +25,10 @@ def _film(h=300, w=260):
     return (120 + 60 * np.sin(xx / 13.0) * np.cos(yy / 29.0) + 40 * (xx > w / 2)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["onnx", "openvino", "torch"])
 def test_graph_cam_equals_torch_cam(exported, backend):
+    """The class maps a predictor returns with its scores (the graphs', and the torch model's of the same forward)
+    are the torch explainer's CAM."""
     if backend == "openvino":
         pytest.importorskip("openvino")
     from cxrkit.deploy.onnx_runtime import load_predictor
@@ -90,10 +92,13 @@ def test_boxes_from_box_size_maps_match_the_full_size_maps(exported, shared_data
     assert_box_size_maps_agree(zip(full, small), image.shape, score_tol=0.01)
 
 
-def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, shared_data, tmp_path):
-    """With the graph's class maps, `cxr predict` finds a batch's boxes in the worker pool while the network runs
-    the next batch: every batch still comes out whole, in input order, with the boxes of each film's positive
-    findings (at most BOX_SIDE-px maps, in the film's pixels) and error rows in place."""
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, shared_data, tmp_path, backend,
+                                                                 monkeypatch):
+    """With the class maps of the same pass (an exported graph's, or the torch model's), `cxr predict` finds a
+    batch's boxes in the worker pool while the network runs the next batch, with no second forward: every batch
+    still comes out whole, in input order, with the boxes of each film's positive findings (at most BOX_SIDE-px
+    maps, in the film's pixels) and error rows in place."""
     import shutil
 
     from cxrkit.bundle import read_bundle_config, write_bundle_config
@@ -108,11 +113,17 @@ def test_predict_boxes_from_the_graph_in_a_worker_batch_by_batch(exported, share
     cfg = read_bundle_config(bundle)
     cfg["thresholds"] = {n: (0.0 if n in ("Effusion", "Mass") else 1.01) for n in cfg["label_names"]}
     write_bundle_config(bundle, cfg)
-    graph = load_predictor(bundle, backend="onnx")
+    graph = load_predictor(bundle, backend=backend)
     films = sorted((shared_data / "nih-sample" / "images").glob("*.png"))[:3]
     (tmp_path / "bad.png").write_bytes(b"not an image")
     paths = [films[0], tmp_path / "bad.png", shared_data / "dicom" / "cr_monochrome2_jpeg_baseline.dcm", *films[1:]]
+
+    def second_pass(*a, **k):
+        raise AssertionError("a second forward ran for the maps although the first one returned them")
+
+    monkeypatch.setattr("cxrkit.explain.cam.explain_images", second_pass)
     batches = list(iter_predictions(graph, paths, batch_size=2, workers=2, gate=None, progress=False))
+    monkeypatch.undo()
     assert [len(b) for b in batches] == [2, 2, 1]
     rows = [r for b in batches for r in b]
     assert [r["path"] for r in rows] == [str(p) for p in paths]

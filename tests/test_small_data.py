@@ -192,6 +192,47 @@ def test_learning_curve_on_tiny_data(cache, tmp_path):
         assert vs["ci_low"] <= vs["diff"] <= vs["ci_high"] and 0 <= vs["p_value"] <= 1
 
 
+def test_learning_curve_ensemble_is_scored_beside_its_first_member(cache, tmp_path):
+    from cxrkit.data.cache import open_cache
+    from cxrkit.training.curve import CurveError, CurveSpec, learning_curve
+
+    train = dict(arch="cxr_tiny", image_size=32, epochs=1, batch_size=16, num_threads=1, max_steps_per_epoch=2,
+                 precision="fp32")
+    out = tmp_path / "lc"
+    single = learning_curve(CurveSpec(cache=str(cache), out=str(out), fractions=[1.0], folds=2, n_boot=50,
+                                      train=train), progress=lambda _: None)["results"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/fold*/f1/bundle/model.safetensors")}
+    lines = []
+    report = learning_curve(CurveSpec(cache=str(cache), out=str(out), fractions=[1.0], folds=2, n_boot=50,
+                                      ensemble=3, train=train), progress=lines.append)
+    # member 0 is the single-model run, reused; members 1-2 are new runs with other seeds
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 2
+    members = sorted(out.glob("runs/*/fold0/f1*/bundle/model.safetensors"))
+    assert len(members) == 3
+    weights = [open(p, "rb").read() for p in members]
+    assert len(set(weights)) == 3  # different seeds, different models
+    assert len(lines) == 2 * 3 + 2 and "member 3/3" in lines[2] and "3-model ensemble, fold 2/2" in lines[-1]
+    by = {r["recipe"]: r for r in report["results"]}
+    ref, ens = by["chexnet+random"], by["chexnet+random, 3-model ensemble"]
+    assert ref["mean_auroc"] == pytest.approx(single[0]["mean_auroc"]) and ref["models"] == 1
+    assert ens["models"] == 3 and ens["vs_reference"]["reference"] == "chexnet+random"
+    assert ens["train_s_per_run"] > ref["train_s_per_run"]
+    # the ensemble's score is the mean of its members' probabilities, pooled out of fold
+    from cxrkit.bundle import load_bundle
+    from cxrkit.evaluation.predict import predict_rows
+    from cxrkit.evaluation.bootstrap import ClusterBootstrap
+    from cxrkit.evaluation.summary import ranking_summary
+
+    c = open_cache(out / "views" / "fold0" / "f1")
+    rows = c.rows("test")
+    probs = np.mean([predict_rows(load_bundle(p.parent), c, rows, progress=False)["probs"] for p in members], axis=0)
+    fold0, _ = ranking_summary(c.labels(rows).astype(np.float64), probs, list(c.label_names),
+                               ClusterBootstrap.draw(c.index["patient_id"].astype(str).to_numpy()[rows], 0))
+    assert ens["fold_mean_auroc"][0] == pytest.approx(fold0["mean_auroc"], abs=1e-6)
+    with pytest.raises(CurveError, match="--ensemble"):
+        CurveSpec(cache=str(cache), out=str(out), ensemble=0).validate()
+
+
 def test_tta_predictor_averages_the_views(cache, tmp_path, make_tiny_bundle):
     from cxrkit.bundle import load_bundle
     from cxrkit.data.cache import open_cache

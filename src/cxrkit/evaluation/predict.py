@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
+_SCORES = ("logits", "probs", "abnormality")
+
+
 def predict_rows(predictor, cache, rows: np.ndarray, *, batch_size: int = 64, progress: bool = True,
                  desc: str = "predict") -> dict[str, np.ndarray]:
     """{"logits", "probs", "abnormality"} for cache ``rows`` through ``predictor.forward_uint8``."""
@@ -23,7 +26,8 @@ def predict_rows(predictor, cache, rows: np.ndarray, *, batch_size: int = 64, pr
             inv = np.argsort(np.argsort(rows[s:s + batch_size]))
             batch = torch.from_numpy(np.ascontiguousarray(cache.images[chunk])).unsqueeze(1)
             out = predictor.forward_uint8(batch)
-            parts.append({k: np.asarray(v)[inv] for k, v in out.items()})
+            # scores only: per-film class maps ("cam", "embedding") would hold C x h x w floats per film in memory
+            parts.append({k: np.asarray(v)[inv] for k, v in out.items() if k in _SCORES})
             bar.update(len(chunk))
     if not parts:
         return {"logits": np.zeros((0, c), np.float32), "probs": np.zeros((0, c), np.float32),

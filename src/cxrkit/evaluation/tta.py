@@ -37,4 +37,6 @@ class TTAPredictor:
 
     def forward_uint8(self, batch_u8: torch.Tensor) -> dict[str, np.ndarray]:
         outs = [self._pred.forward_uint8(v) for v in tta_batches(batch_u8)]
-        return {k: np.mean([np.asarray(o[k]) for o in outs], axis=0).astype(np.float32) for k in outs[0]}
+        # class maps of shifted and zoomed views do not register to the film: scores only
+        return {k: np.mean([np.asarray(o[k]) for o in outs], axis=0).astype(np.float32) for k in outs[0]
+                if k != "cam"}

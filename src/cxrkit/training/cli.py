@@ -134,6 +134,8 @@ def learning_curve_command(
                                                                  "every run."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Score with test-time augmentation (zoom and shift "
                                                            "views, no flip)."),
+    ensemble: int = typer.Option(1, help="Models per run, trained with different seeds; with K > 1 the mean of their "
+                                         "probabilities is scored as a recipe of its own beside the first model."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the CIs."),
     seed: int = typer.Option(0, help="Seed of folds, subsets and training."),
 ) -> None:
@@ -152,7 +154,7 @@ def learning_curve_command(
     spec = CurveSpec(cache=str(cache), out=str(out), fractions=shares,
                      inits=[x.strip() for x in init.split(",") if x.strip()],
                      presets=[x.strip() for x in preset.split(",") if x.strip()], folds=folds, val_share=val_share,
-                     seed=seed, n_boot=n_boot, tta=tta, train=train)
+                     seed=seed, n_boot=n_boot, tta=tta, ensemble=ensemble, train=train)
     report = learning_curve(spec, progress=lambda line: typer.echo(line, err=True))
     for r in report["results"]:
         ci = (f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else "[n/a]")
