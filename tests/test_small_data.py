@@ -209,7 +209,7 @@ def test_learning_curve_ensemble_is_scored_beside_its_first_member(cache, tmp_pa
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 2
     members = sorted(out.glob("runs/*/fold0/f1*/bundle/model.safetensors"))
     assert len(members) == 3
-    weights = [open(p, "rb").read() for p in members]
+    weights = [p.read_bytes() for p in members]
     assert len(set(weights)) == 3  # different seeds, different models
     assert len(lines) == 2 * 3 + 2 and "member 3/3" in lines[2] and "3-model ensemble, fold 2/2" in lines[-1]
     by = {r["recipe"]: r for r in report["results"]}

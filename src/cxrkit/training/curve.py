@@ -240,8 +240,9 @@ def _run_fold(ctx: _Curve, k: int, f: float) -> None:
             member_probs.append(_predict(run_dir / "bundle", ctx.cache, test_rows, spec.tta))
             member_costs.append(cost)
             member = f" (member {m + 1}/{spec.ensemble})" if spec.ensemble > 1 else ""
-            auroc = f"test mean AUROC {_fmt(ctx.record(recipe.name, f, test_rows, member_probs[0], cost))}, " \
-                if m == 0 else ""
+            auroc = ""
+            if m == 0:  # the first member alone is the single-model recipe
+                auroc = f"test mean AUROC {_fmt(ctx.record(recipe.name, f, test_rows, member_probs[0], cost))}, "
             ctx.progress(f"[{ctx.runs_done}/{ctx.n_runs}] {recipe.name}{member}, {where}: {auroc}trained in "
                          f"{cost['train_s']:.0f} s ({time.perf_counter() - ctx.t_start:.0f} s so far)")
         if spec.ensemble > 1:
