@@ -51,3 +51,31 @@ def test_cxr_error_is_one_line_exit_2(tmp_path):
     proc = _run("data", "summary", str(tmp_path / "missing"), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full for a real ENOSPC")
+def test_full_disk_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """A write that hits a full disk (the kernel's own ENOSPC, from /dev/full) ends any command with one line that
+    says what to do, not a traceback; other OS errors are not disguised as a full disk."""
+    import cxrkit.training.curve as curve
+    from cxrkit.cli import main
+
+    def fills_the_disk(spec, progress=print):
+        with open("/dev/full", "wb", buffering=0) as fh:
+            fh.write(b"learning_curve.json")
+
+    monkeypatch.setattr(curve, "learning_curve", fills_the_disk)
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["learning-curve", str(tmp_path / "cache"), "--out", str(tmp_path / "lc")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err
+    assert err.startswith("error: the disk is full (No space left on device)") and "--resume" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+    def denied(spec, progress=print):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "lc"))
+
+    monkeypatch.setattr(curve, "learning_curve", denied)
+    with pytest.raises(PermissionError):
+        main(["learning-curve", str(tmp_path / "cache"), "--out", str(tmp_path / "lc")])

@@ -5,6 +5,7 @@ Each pipeline stage owns a ``cli`` module with ``register(app, groups)`` that ad
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     except CxrError as exc:  # expected, user-facing failures: one clear line, no traceback
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        # every writer is atomic (temporary file + rename), so what was finished before is intact
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        typer.secho(f"error: the disk is full ({exc.strerror}){where}. Free space and run the same command again: "
+                    "cxr prepare and cxr learning-curve go on where they stopped, cxr train and cxr pretrain with "
+                    "--resume; finished files are intact", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -75,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
