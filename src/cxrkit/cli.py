@@ -66,11 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise
-        # every writer is atomic (temporary file + rename), so what was finished before is intact
+        # checkpoints, bundles and cache chunks are written atomically (temporary file + rename): finished work
+        # survives, and the reports a rerun rewrites anyway are the only files a full disk can leave cut short
         where = f" while writing {exc.filename}" if exc.filename else ""
         typer.secho(f"error: the disk is full ({exc.strerror}){where}. Free space and run the same command again: "
                     "cxr prepare and cxr learning-curve go on where they stopped, cxr train and cxr pretrain with "
-                    "--resume; finished files are intact", fg=typer.colors.RED, err=True)
+                    "--resume; finished checkpoints, bundles and cache chunks are intact", fg=typer.colors.RED,
+                    err=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
