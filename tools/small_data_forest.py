@@ -18,6 +18,8 @@ LINE = re.compile(r"^(?P<label>.+?): mean AUROC (?P<auc>[\d.]+) \[[\d., ]+\]; (?
 ROWS = [
     ("phantom init (cxr_tiny, 128 px), 10 models", "tool_mix_cv64", "chexnet_init_phsup128_bundle-e4431af4 (10"),
     ("phantom init (cxr_tiny, 64 px), 10 models", "tool_mix_cvp64", "chexnet_init_phsup64_bundle-0b6a0cdb (10"),
+    ("phantom init with radiograph augmentation, 3 models", "tool_mix_cvp64aug",
+     "chexnet_init_phsup64aug_bundle-caad467c (3"),
     ("phantom init, --freeze partial, 3 models", "tool_mix_cvpart", "chexnet_init_phsup128_bundle-e4431af4 (3"),
     ("phantom init, linear probe, 3 models", "tool_mix_cvlp", "chexnet_init_phsup128_bundle-e4431af4 (3"),
     ("lung-field centring, phantom init, 3 models", "tool_mix_cvc80", "chexnet_init_phsup128_bundle-e4431af4 (3"),
@@ -49,7 +51,7 @@ def main(src: str, out: str) -> None:
 
     data = parse(json.load(open(src))["tool_outputs"])
     labels = [r[0] for r in ROWS]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.6))
     for seed, colour, dy in ((0, "#1f77b4", -0.13), (1, "#ff7f0e", 0.13)):
         legend = f"CV seed {seed}"
         for i, label in enumerate(labels):
@@ -64,7 +66,7 @@ def main(src: str, out: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("mean AUROC minus the CheXNet recipe from random weights\n(cxr_tiny, 64 px, same folds; "
                   "paired 95 % CI)")
-    ax.set_title("421 real NIH films, 5-fold patient CV: what else was tried (research use only)", fontsize=10)
+    ax.set_title("What else was tried: 421 real NIH films, 5-fold patient CV (research use only)", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
