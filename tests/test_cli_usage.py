@@ -56,7 +56,7 @@ def test_cxr_error_is_one_line_exit_2(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full for a real ENOSPC")
 def test_full_disk_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     """A write that hits a full disk (the kernel's own ENOSPC, from /dev/full) ends any command with one line that
-    says what to do, not a traceback; other OS errors are not disguised as a full disk."""
+    says what to do, not a traceback."""
     import cxrkit.training.curve as curve
     from cxrkit.cli import main
 
@@ -73,9 +73,36 @@ def test_full_disk_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: the disk is full (No space left on device)") and "--resume" in err, err
     assert len(err.strip().splitlines()) == 1
 
-    def denied(spec, progress=print):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "lc"))
 
-    monkeypatch.setattr(curve, "learning_curve", denied)
-    with pytest.raises(PermissionError):
+def test_unusable_output_path_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """An --out under a regular file (the kernel's own ENOTDIR) is a usage mistake: one line naming the path, exit 2;
+    CXR_DEBUG=1 keeps the traceback, and OS errors that are not about a path keep theirs."""
+    import errno
+
+    import cxrkit.training.curve as curve
+    from cxrkit.cli import main
+
+    def makes_its_folder(spec, progress=print):
+        Path(spec.out).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(curve, "learning_curve", makes_its_folder)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "lc"
+    with pytest.raises(SystemExit) as exit_:
+        main(["learning-curve", str(tmp_path / "cache"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: cannot use {out}: Not a directory. Check the path"), err
+
+    monkeypatch.setenv("CXR_DEBUG", "1")
+    with pytest.raises(NotADirectoryError):
+        main(["learning-curve", str(tmp_path / "cache"), "--out", str(out)])
+    monkeypatch.delenv("CXR_DEBUG")
+
+    def io_error(spec, progress=print):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(curve, "learning_curve", io_error)
+    with pytest.raises(OSError):
         main(["learning-curve", str(tmp_path / "cache"), "--out", str(tmp_path / "lc")])

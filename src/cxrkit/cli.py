@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,16 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except OSError as exc:
-        if exc.errno not in _DISK_FULL:
+        message, code = _os_error_message(exc)
+        if message is None or os.environ.get("CXR_DEBUG"):
             raise
-        # checkpoints, bundles and cache chunks are written atomically (temporary file + rename): finished work
-        # survives, and the reports a rerun rewrites anyway are the only files a full disk can leave cut short
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        typer.secho(f"error: the disk is full ({exc.strerror}){where}. Free space and run the same command again: "
-                    "cxr prepare and cxr learning-curve go on where they stopped, cxr train and cxr pretrain with "
-                    "--resume; finished checkpoints, bundles and cache chunks are intact", fg=typer.colors.RED,
-                    err=True)
-        sys.exit(1)
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -90,6 +86,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# a path the user gave that cannot be read or written (a typo, a folder under a file, a read-only mount)
+_BAD_PATH = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _os_error_message(exc: OSError) -> tuple[str | None, int]:
+    """One line and an exit code for the OS errors a user can fix (a full disk: 1; a path that cannot be used: 2),
+    (None, 0) for anything else, which keeps its traceback. CXR_DEBUG=1 keeps the traceback of these too."""
+    if exc.errno in _DISK_FULL:
+        # checkpoints, bundles and cache chunks are written atomically (temporary file + rename): finished work
+        # survives, and the reports a rerun rewrites anyway are the only files a full disk can leave cut short
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return (f"the disk is full ({exc.strerror}){where}. Free space and run the same command again: cxr prepare "
+                "and cxr learning-curve go on where they stopped, cxr train and cxr pretrain with --resume; finished "
+                "checkpoints, bundles and cache chunks are intact"), 1
+    if exc.errno in _BAD_PATH and exc.filename:
+        return (f"cannot use {exc.filename}: {exc.strerror}. Check the path: its folders must exist (or be "
+                "creatable) and be readable, and writable for outputs (CXR_DEBUG=1 shows where it failed)"), 2
+    return None, 0
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
