@@ -26,6 +26,7 @@ ROWS = [
     ("real + 1,000 phantoms per epoch, 3 models", "co1000", "1000 phantoms + real, 3-model"),
     ("resnet18, random init, 5 models", "tool_mix_cvr18", "chexnet_random-e0c52cdd (5"),
     ("resnet18, phantom init, 5 models", "tool_mix_cvr18", "chexnet_init_phsupr18_bundle-6d3fac27 (5"),
+    ("DenseNet-121, phantom init, single", "tool_mix_cvd121", "chexnet_init_phsupd121_bundle-7a9a03b2 (single"),
     ("2 recipes, phantom init, 15 models", "tool_mix_cv64", "chexnet_init_phsup128_bundle-e4431af4+small-data_init_phsup128_bundle-53ede6e3 ("),
     ("2 architectures, 3 phantom inits, 25 models", "tool_mix_cvr18", "chexnet_init_phsupr18_bundle-6d3fac27+cv64_s{seed}/chexnet_init_phsup128_bundle-e4431af4+cvp64_s{seed}/"),
 ]
