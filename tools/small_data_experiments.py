@@ -83,8 +83,13 @@ def _merged(real, phantoms, n: int, folder: Path):
 
 
 def _reference(curve_dir: str, seed: int) -> np.ndarray:
-    """Out-of-fold probabilities of a finished curve's first single-model recipe (its reference)."""
-    return _member_probs(Path(curve_dir), seed)[_first_reference(Path(curve_dir))]
+    """Out-of-fold probabilities of a finished curve's first single-model recipe (its reference); the curve must
+    have been run with CV seed ``seed`` (otherwise its folds differ and nothing pairs)."""
+    curve = Path(curve_dir)
+    spec, cache = _open_curve(curve)
+    if spec["seed"] != seed:
+        _usage(f"{curve} was run with CV seed {spec['seed']}, not {seed}: its folds differ")
+    return _member_probs(curve, spec, cache)[_first_reference(curve, spec)]
 
 
 def cotrain(real_cache: str, phantom_cache: str, out: str, n: int, init: str, seed: int, members: int,
@@ -119,22 +124,26 @@ def cotrain(real_cache: str, phantom_cache: str, out: str, n: int, init: str, se
                                          (f"{n} phantoms + real, {members}-model ensemble", probs.mean(0))])
 
 
-def _first_reference(curve: Path) -> str:
+def _open_curve(curve: Path):
+    """A finished curve's spec and its cache (a relative cache path is taken from the curve's parent folder)."""
+    from cxrkit.data.cache import open_cache
+
     spec = json.loads((curve / "learning_curve.json").read_text())["spec"]
+    cache_path = Path(spec["cache"])
+    return spec, open_cache(cache_path if cache_path.is_absolute() else curve.parent / cache_path)
+
+
+def _first_reference(curve: Path, spec: dict) -> str:
     slug = f"{spec['presets'][0]}_{spec['inits'][0]}"
     runs = sorted(p.name for p in (curve / "runs").iterdir() if p.name.startswith(slug))
     return f"{runs[0]}/f{spec['fractions'][0]:g}"
 
 
-def _member_probs(curve: Path, seed: int) -> dict[str, np.ndarray]:
+def _member_probs(curve: Path, spec: dict, cache) -> dict[str, np.ndarray]:
     """Pooled out-of-fold probabilities of every member run of a finished curve (fraction 1 runs), cached in
     member_probs.npz beside it."""
-    from cxrkit.data.cache import open_cache
     from cxrkit.training.curve import _predict, fold_plan
 
-    spec = json.loads((curve / "learning_curve.json").read_text())["spec"]
-    cache_path = Path(spec["cache"])
-    cache = open_cache(cache_path if cache_path.is_absolute() else curve.parent / cache_path)
     patients = cache.index["patient_id"].astype(str).to_numpy()
     plans = fold_plan(patients, spec["folds"], spec["val_share"], spec["seed"],
                       cache.index["split"].astype(str).to_numpy())
@@ -179,21 +188,18 @@ def mix(curve_dir: str, combos: list[str], reference: str | None = None, also: l
     ("A+B": every member of recipe folders A and B), each against the reference recipe of the curve ``reference``
     (default: this one; another curve of the same cache and seed has the same folds) with the paired CI. ``also``:
     more curves of the same cache and seed whose recipe folders join the combos as CURVE_NAME/RECIPE_DIR."""
-    from cxrkit.data.cache import open_cache
-
     curve = Path(curve_dir)
-    spec = json.loads((curve / "learning_curve.json").read_text())["spec"]
-    probs = _member_probs(curve, spec["seed"])
-    cache_path = Path(spec["cache"])
-    cache = open_cache(cache_path if cache_path.is_absolute() else curve.parent / cache_path)
+    spec, cache = _open_curve(curve)
+    probs = _member_probs(curve, spec, cache)
     groups: dict[str, list[str]] = {}
     for key in probs:
         groups.setdefault(key.split("/")[0], []).append(key)
     own = list(groups)
     for other in map(Path, also):
-        if json.loads((other / "learning_curve.json").read_text())["spec"]["seed"] != spec["seed"]:
+        other_spec, other_cache = _open_curve(other)
+        if other_spec["seed"] != spec["seed"]:
             _usage(f"{other} was run with another CV seed: its folds differ from {curve}'s")
-        for key, p in _member_probs(other, spec["seed"]).items():
+        for key, p in _member_probs(other, other_spec, other_cache).items():
             probs[f"{other.name}/{key}"] = p
             groups.setdefault(f"{other.name}/{key.split('/')[0]}", []).append(f"{other.name}/{key}")
     named = []
@@ -206,7 +212,7 @@ def mix(curve_dir: str, combos: list[str], reference: str | None = None, also: l
             _usage(f"no recipe folder {unknown} in {curve / 'runs'}; it has {', '.join(groups)}")
         keys = [k for g in combo.split("+") for k in groups[g]]
         named.append((f"{combo} ({len(keys)} models)", np.mean([probs[k] for k in keys], axis=0)))
-    ref = probs[_first_reference(curve)] if reference is None else _reference(reference, spec["seed"])
+    ref = probs[_first_reference(curve, spec)] if reference is None else _reference(reference, spec["seed"])
     _print_vs(cache, cache.index["patient_id"].astype(str).to_numpy(), spec["seed"], ref, named)
 
 
